@@ -10,6 +10,7 @@ turns an exception into a reply or a verstat in exactly one place::
     └── VerificationError             sip_status / reason below
         ├── StaleDate                 403 Stale Date
         ├── MissingIdentity           428 Use Identity Header
+        │   └── UnsupportedPassportType   a ppt other than shaken: skipped
         ├── BadIdentityInfo           436 Bad Identity Info
         │   └── CertificateFetchError     the x5u could not be dereferenced
         ├── UnsupportedCredential     437 Unsupported Credential
@@ -58,6 +59,13 @@ class MissingIdentity(VerificationError):
 
     sip_status = 428
     reason = "Use Identity Header"
+
+
+class UnsupportedPassportType(MissingIdentity):
+    """RFC 8224 §6.2: an Identity whose ppt the verifier does not support is skipped.
+
+    It is answered with 428 only when no supported Identity is left.
+    """
 
 
 class BadIdentityInfo(VerificationError):
