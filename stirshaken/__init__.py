@@ -33,9 +33,6 @@ from .verifier import (
 )
 
 __all__ = [
-    "NO_TN_VALIDATION",
-    "TN_VALIDATION_FAILED",
-    "TN_VALIDATION_PASSED",
     "BadIdentityInfo",
     "CertificateFetchError",
     "ConfigurationError",
@@ -44,6 +41,7 @@ __all__ = [
     "InvalidNumber",
     "InvalidSignature",
     "MissingIdentity",
+    "NO_TN_VALIDATION",
     "Passport",
     "SignedIdentity",
     "Signer",
@@ -51,6 +49,8 @@ __all__ = [
     "StaleDate",
     "StaticKeySource",
     "StirShakenError",
+    "TN_VALIDATION_FAILED",
+    "TN_VALIDATION_PASSED",
     "UnsupportedCredential",
     "UnsupportedPassportType",
     "Verdict",

@@ -81,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("--max-age", type=int, default=60, help="freshness window in seconds (60)")
     verify.add_argument("--country-code", default="", help="country code for national numbers")
     verify.add_argument("--allow-host", action="append", default=[], help="x5u host allowed despite being loopback/private (tests)")
+    verify.add_argument("--allow-port", action="append", type=int, default=[], help="x5u port allowed besides 443 and 8443 (tests)")
     verify.add_argument("--tls-ca", type=Path, help="CA file for the x5u server's TLS certificate")
     verify.add_argument("--timeout", type=float, default=2.0, help="x5u fetch timeout in seconds (2)")
     verify.add_argument("--json", action="store_true", help="print the verdict as JSON")
@@ -215,11 +216,12 @@ def _certificate_source(args: argparse.Namespace) -> Any:
         return _StaticChainSource(data, trust)
 
     from .cache import CertificateCache
-    from .fetcher import HttpsFetcher
+    from .fetcher import X5U_PORTS, HttpsFetcher
 
     fetcher = HttpsFetcher(
         timeout=args.timeout,
         allow_hosts=frozenset(args.allow_host),
+        allowed_ports=X5U_PORTS | frozenset(args.allow_port),
         tls_ca_file=None if args.tls_ca is None else str(args.tls_ca),
     )
     return CertificateCache(fetcher=fetcher, trust_store=trust, redis=None)
