@@ -75,10 +75,22 @@ class ChainFetcher(Protocol):
 # -- URL and address policy --------------------------------------------------
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
 def is_special_address(address: Address) -> bool:
-    """True for addresses an x5u must not reach (RFC 6890 special-purpose blocks)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+    """True for addresses an x5u must not reach (RFC 6890 special-purpose blocks).
+
+    IPv6 forms that carry an IPv4 address (mapped ``::ffff:0:0/96``, 6to4
+    ``2002::/16``, NAT64 ``64:ff9b::/96`` as DNS64 synthesises it on
+    IPv6-only hosts) are judged by that IPv4 address.
+    """
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address in _NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_special_address(embedded)
     return (
         address.is_loopback
         or address.is_private

@@ -37,6 +37,8 @@ def test_pki(tmp_path_factory: pytest.TempPathFactory) -> pki.PkiPaths:
         "https://cert.example.net:8443/certs/sp.pem",
         "HTTPS://Cert.Example.Net/sp.pem",
         "https://8.8.8.8/sp.pem",
+        "https://[2001:4860:4860::8888]/sp.pem",
+        "https://[64:ff9b::808:808]/sp.pem",  # NAT64 of 8.8.8.8
     ],
 )
 def test_acceptable_x5u(url: str) -> None:
@@ -72,6 +74,8 @@ def test_acceptable_x5u(url: str) -> None:
         ("https://[fe80::1]/sp.pem", "special-purpose"),
         ("https://[fc00::1]/sp.pem", "special-purpose"),
         ("https://[::ffff:127.0.0.1]/sp.pem", "special-purpose"),
+        ("https://[2002:7f00:1::1]/sp.pem", "special-purpose"),  # 6to4 of 127.0.0.1
+        ("https://[64:ff9b::a00:1]/sp.pem", "special-purpose"),  # NAT64 of 10.0.0.1
         ("https://localhost/sp.pem", "loopback name"),
         ("https://cert.localhost/sp.pem", "loopback name"),
     ],
