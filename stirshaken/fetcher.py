@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from stirshaken.errors import BadIdentityInfo, CertificateFetchError
+from stirshaken.errors import BadIdentityInfo, CertificateFetchError, ConfigurationError
 
 #: ATIS-1000074 §5.3.1 / ATIS-1000080: the x5u uses port 443 or 8443.
 X5U_PORTS: frozenset[int] = frozenset({443, 8443})
@@ -313,7 +313,10 @@ class HttpsFetcher:
         self.allowed_ports = frozenset(allowed_ports)
         self._resolver: Resolver = resolver if resolver is not None else _system_resolver
         self._user_agent = user_agent
-        context = ssl.create_default_context(cafile=tls_ca_file)
+        try:
+            context = ssl.create_default_context(cafile=tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"TLS CA file {tls_ca_file}: {exc}") from None
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         self._tls = context
 

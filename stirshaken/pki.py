@@ -28,6 +28,7 @@ private keys are written unencrypted (mode 0600).
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import os
 from collections.abc import Sequence
@@ -498,15 +499,24 @@ def ensure_test_pki(
     within a day, so a long-lived development directory does not rot.
     """
     paths = PkiPaths.under(Path(out_dir))
-    if all(p.is_file() for p in paths.all_files()):
-        try:
-            leaf = x509.load_pem_x509_certificate(paths.cert.read_bytes())
-        except ValueError:
-            pass
-        else:
-            if leaf.not_valid_after_utc > _now() + dt.timedelta(days=1):
-                return paths
-    return make_test_pki(paths.out_dir, spc=spc, tls_hosts=tls_hosts, days=days)
+    paths.out_dir.mkdir(parents=True, exist_ok=True)
+    # Several test processes may ask at once; the lock keeps them from
+    # mixing a root of one generation with a leaf of another.
+    with open(paths.out_dir / ".pki.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _usable(paths):
+            return paths
+        return make_test_pki(paths.out_dir, spc=spc, tls_hosts=tls_hosts, days=days)
+
+
+def _usable(paths: PkiPaths) -> bool:
+    if not all(p.is_file() for p in paths.all_files()):
+        return False
+    try:
+        leaf = x509.load_pem_x509_certificate(paths.cert.read_bytes())
+    except ValueError:
+        return False
+    return leaf.not_valid_after_utc > _now() + dt.timedelta(days=1)
 
 
 def add_leaf(

@@ -14,7 +14,7 @@ import pytest
 from helpers_certs import LOOPBACK_HOSTS, free_port, loopback_fetcher, running_certserver
 
 from stirshaken import pki
-from stirshaken.errors import BadIdentityInfo, CertificateFetchError
+from stirshaken.errors import BadIdentityInfo, CertificateFetchError, ConfigurationError
 from stirshaken.fetcher import HttpsFetcher, cache_lifetime, validate_x5u_url
 
 
@@ -388,7 +388,9 @@ def test_silent_server_is_bounded_by_total_timeout(test_pki: pki.PkiPaths) -> No
         assert time.monotonic() - started < 0.3 + 0.2
 
 
-def test_fetcher_rejects_bad_settings() -> None:
+def test_fetcher_rejects_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="TLS CA file"):
+        HttpsFetcher(tls_ca_file=str(tmp_path / "missing.pem"))
     with pytest.raises(ValueError):
         HttpsFetcher(timeout=0)
     with pytest.raises(ValueError):
