@@ -37,6 +37,8 @@ SUPPORTED_PPT = "shaken"
 _B64URL_PART = r"[A-Za-z0-9_-]*"
 _FULL_FORM = re.compile(rf"{_B64URL_PART}\.{_B64URL_PART}\.{_B64URL_PART}")
 _TOKEN_CHARS = re.compile(r"[A-Za-z0-9_\-.!%*+`'~]+")
+# What nearly every peer sends, parsed without the general parameter loop.
+_CANONICAL_PARAMS = re.compile(r"info=<([^<>;\s]+)>;alg=ES256;ppt=shaken")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -112,6 +114,16 @@ def parse_identity(value: str) -> IdentityHeader:
         )
     if not _FULL_FORM.fullmatch(token):
         raise InvalidIdentity("Identity is not a header.payload.signature base64url token")
+    canonical = _CANONICAL_PARAMS.fullmatch(rest)
+    if canonical is not None:
+        info = canonical.group(1)
+        return IdentityHeader(
+            token=token,
+            info=info,
+            alg="ES256",
+            ppt=SUPPORTED_PPT,
+            params=(("info", f"<{info}>"), ("alg", "ES256"), ("ppt", SUPPORTED_PPT)),
+        )
     params = _parse_params(rest)
     names = [name for name, _ in params]
     if len(set(names)) != len(names):

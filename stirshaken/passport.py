@@ -128,22 +128,15 @@ def decode_passport(token: str) -> Passport:
     if len(parts) != 3 or not all(parts):
         raise InvalidIdentity("PASSporT is not header.payload.signature")
     header_b64, payload_b64, signature_b64 = parts
-    header = _json_object(b64url_decode(header_b64), "header")
+    header = _HEADER_CACHE.get(header_b64)
+    if header is None:
+        header = _checked_header(header_b64)
     claims = _json_object(b64url_decode(payload_b64), "payload")
     signature = b64url_decode(signature_b64)
     if len(signature) != 64:
         raise InvalidIdentity("ES256 signature is not 64 bytes of R || S (RFC 7518 §3.4)")
 
-    if header.get("alg") != "ES256":
-        raise InvalidIdentity("PASSporT alg is not ES256 (RFC 8588 §4)")
-    if header.get("typ") != "passport":
-        raise InvalidIdentity('PASSporT typ is not "passport" (RFC 8225 §4.1)')
-    if header.get("ppt") != "shaken":
-        raise UnsupportedPassportType(f"PASSporT ppt {header.get('ppt')!r} is not supported")
-    x5u = header.get("x5u")
-    if not isinstance(x5u, str) or not x5u:
-        raise InvalidIdentity("PASSporT has no x5u (RFC 8225 §4.3)")
-
+    x5u = header["x5u"]
     attest = claims.get("attest")
     if attest not in ATTESTATION_LEVELS:
         raise InvalidIdentity("attest is not A, B or C (RFC 8588 §5.1)")
@@ -177,6 +170,29 @@ def decode_passport(token: str) -> Passport:
         signing_input=token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii"),
         signature=signature,
     )
+
+
+# A signer uses one protected header for every call: a verifier sees the
+# same few, so each is decoded and checked once.
+_HEADER_CACHE: dict[str, dict[str, Any]] = {}
+_HEADER_CACHE_SIZE = 256
+
+
+def _checked_header(header_b64: str) -> dict[str, Any]:
+    header = _json_object(b64url_decode(header_b64), "header")
+    if header.get("alg") != "ES256":
+        raise InvalidIdentity("PASSporT alg is not ES256 (RFC 8588 §4)")
+    if header.get("typ") != "passport":
+        raise InvalidIdentity('PASSporT typ is not "passport" (RFC 8225 §4.1)')
+    if header.get("ppt") != "shaken":
+        raise UnsupportedPassportType(f"PASSporT ppt {header.get('ppt')!r} is not supported")
+    x5u = header.get("x5u")
+    if not isinstance(x5u, str) or not x5u:
+        raise InvalidIdentity("PASSporT has no x5u (RFC 8225 §4.3)")
+    if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:
+        _HEADER_CACHE.clear()
+    _HEADER_CACHE[header_b64] = header
+    return header
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
