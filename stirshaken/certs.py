@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import verification
@@ -300,6 +301,35 @@ def _revoked_by(
     return None
 
 
+def _sti_extension_policies() -> tuple[verification.ExtensionPolicy, verification.ExtensionPolicy]:
+    """(CA policy, EE policy) for STI chains.
+
+    Web PKI rules for CAs, none for the leaf (STI leaves have no SAN/EKU; our
+    own rule 4 checks them). Deployed STI certificates mark certificatePolicies
+    critical (e.g. Google Voice "969H" via NetNumber), which ATIS-1000080 lints
+    flag but verifiers accept; RFC 5280 §4.2 would otherwise make an
+    unrecognised critical extension fatal, so these are accounted for either way.
+    """
+    agnostic = verification.Criticality.AGNOSTIC
+    ca = verification.ExtensionPolicy.webpki_defaults_ca().may_be_present(
+        x509.CertificatePolicies, agnostic, None
+    )
+    ee = verification.ExtensionPolicy.permit_all()
+    for extension in (
+        x509.CertificatePolicies,
+        x509.BasicConstraints,
+        x509.KeyUsage,
+        x509.CRLDistributionPoints,
+        x509.AuthorityKeyIdentifier,
+        x509.SubjectKeyIdentifier,
+    ):
+        ee = ee.may_be_present(extension, agnostic, None)
+    return ca, ee
+
+
+_CA_POLICY, _EE_POLICY = _sti_extension_policies()
+
+
 class TrustStore:
     """The trust anchors (STI-PA trusted CA list) a verifier accepts chains to."""
 
@@ -363,7 +393,10 @@ class TrustStore:
         subject = leaf.subject.rfc4514_string()
 
         # Rule 1. ATIS-1000080 §6.4.1: the key is id-ecPublicKey on P-256.
-        public_key = leaf.public_key()
+        try:
+            public_key = leaf.public_key()
+        except (ValueError, UnsupportedAlgorithm):
+            raise UnsupportedCredential(f"certificate {subject!r} has an unsupported key") from None
         if not isinstance(public_key, ec.EllipticCurvePublicKey):
             raise UnsupportedCredential(f"certificate {subject!r} key is not ECDSA")
         if not isinstance(public_key.curve, ec.SECP256R1):
@@ -389,10 +422,7 @@ class TrustStore:
             verification.PolicyBuilder()
             .store(self._store)
             .time(dt.datetime.fromtimestamp(now, dt.UTC))
-            .extension_policies(
-                ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
-                ee_policy=verification.ExtensionPolicy.permit_all(),
-            )
+            .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
             .build_client_verifier()
         )
         try:

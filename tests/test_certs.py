@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -230,6 +231,43 @@ def test_missing_digital_signature_is_437(store: TrustStore, intermediate: pki.I
         store.validate([leaf, intermediate.certificate], now=now())
 
 
+def _rebuild_leaf(intermediate: pki.Issuer, leaf: x509.Certificate, *, critical_policies: bool,
+                  extra: x509.ExtensionType | None = None) -> x509.Certificate:
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(leaf.subject)
+        .issuer_name(leaf.issuer)
+        .public_key(leaf.public_key())
+        .serial_number(leaf.serial_number)
+        .not_valid_before(leaf.not_valid_before_utc)
+        .not_valid_after(leaf.not_valid_after_utc)
+    )
+    for extension in leaf.extensions:
+        critical = extension.critical or (
+            critical_policies and isinstance(extension.value, x509.CertificatePolicies)
+        )
+        builder = builder.add_extension(extension.value, critical=critical)
+    if extra is not None:
+        builder = builder.add_extension(extra, critical=True)
+    return builder.sign(intermediate.key, hashes.SHA256())
+
+
+def test_critical_certificate_policies_are_accepted(store: TrustStore, intermediate: pki.Issuer) -> None:
+    # Deployed STI-CAs mark certificatePolicies critical (see the NetNumber chain below).
+    _key, leaf = pki.make_leaf(intermediate)
+    leaf = _rebuild_leaf(intermediate, leaf, critical_policies=True)
+    store.validate([leaf, intermediate.certificate], now=now())
+
+
+def test_unknown_critical_extension_is_437(store: TrustStore, intermediate: pki.Issuer) -> None:
+    # RFC 5280 §4.2: a certificate with an unrecognised critical extension must be rejected.
+    _key, leaf = pki.make_leaf(intermediate)
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.99999.1"), b"\x05\x00")
+    leaf = _rebuild_leaf(intermediate, leaf, critical_policies=False, extra=unknown)
+    with pytest.raises(UnsupportedCredential, match="critical"):
+        store.validate([leaf, intermediate.certificate], now=now())
+
+
 def test_ca_certificate_as_leaf_is_437(store: TrustStore, intermediate: pki.Issuer) -> None:
     with pytest.raises(UnsupportedCredential):
         store.validate([intermediate.certificate], now=now())
@@ -319,3 +357,83 @@ def test_load_private_key_refusals(tmp_path: Path) -> None:
         load_certificate_file(garbage)
     with pytest.raises(ConfigurationError):
         load_certificate_file(tmp_path / "missing.pem")
+
+
+# -- a deployed chain ------------------------------------------------------------------------
+
+#: Google Voice "969H" leaf, NetNumber intermediate and root, as published in
+#: martinisecurity/shaken-pki-reports. Deployed quirks: certificatePolicies is
+#: critical on the leaf and the intermediate, the CAs are P-384/P-521 and sign
+#: with SHA-384/SHA-512. Valid 2024-02-06 .. 2024-03-07.
+NETNUMBER_CHAIN_PEM = b"""\
+-----BEGIN CERTIFICATE-----
+MIIC0DCCAlagAwIBAgIJAJWh7sa4ke+oMAoGCCqGSM49BAMCMIGOMTAwLgYDVQQD
+DCdOZXROdW1iZXIgU0hBS0VOIFJvb3QgSW50ZXJtZWRpYXRlIENBIDExCzAJBgNV
+BAYTAlVTMRYwFAYDVQQKDA1OZXROdW1iZXIgSW5jMQswCQYDVQQLDAJVUzEXMBUG
+A1UECAwOTWFzc2FjaHVzZXR0ZXMxDzANBgNVBAcMBkxvd2VsbDAeFw0yNDAyMDYx
+MjA1MjBaFw0yNDAzMDcxMjA1MjBaMEsxIDAeBgNVBAMMF0dvb2dsZSBTSEFLRU4g
+Y2VydCA5NjlIMQswCQYDVQQGEwJVUzEaMBgGA1UECgwRR29vZ2xlIFZvaWNlIElu
+Yy4wWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAAT56IQBY6QmPwIvlQtmfood9U2a
+OaUXbCu/ENBBh4o0RRZwmc7hPzrVfwWEu1NwNhBXcQ5CD9BeTAAWFZz2ftN+o4He
+MIHbMBYGCCsGAQUFBwEaBAowCKAGFgQ5NjlIMAwGA1UdEwEB/wQCMAAwDgYDVR0P
+AQH/BAQDAgeAMB8GA1UdIwQYMBaAFHEvyILcqOAi49+gaPn4XlyE3uW9MB0GA1Ud
+DgQWBBT0OTcvDFSLG7ksvTJe8cNejcIkCjBHBgNVHR8EQDA+MDygOqA4hjZodHRw
+czovL2F1dGhlbnRpY2F0ZS1hcGkuaWNvbmVjdGl2LmNvbS9kb3dubG9hZC92MS9j
+cmwwGgYDVR0gAQH/BBAwDjAMBgpghkgBhv8JAQEBMAoGCCqGSM49BAMCA2gAMGUC
+MQCO0Mj7ynGlwmcH8W8dy+1uYUcvAgbNI6xDoqWooFzehna6WPgU9IiL6y5qESuY
+VNQCMGHXD69zyzQHxp0k2Zi4LWOxQ9AZeaEJ3okPJh44VAz4NcgH1Eb/E4NTWWbM
+wbEc0w==
+-----END CERTIFICATE-----
+-----BEGIN CERTIFICATE-----
+MIIDNzCCApigAwIBAgIJALHQvycN/mz1MAoGCCqGSM49BAMDMIGBMSMwIQYDVQQD
+DBpOZXROdW1iZXIgU0hBS0VOIFJvb3QgQ0EgMTELMAkGA1UEBhMCVVMxFjAUBgNV
+BAoMDU5ldE51bWJlciBJbmMxCzAJBgNVBAsMAlVTMRcwFQYDVQQIDA5NYXNzYWNo
+dXNldHRlczEPMA0GA1UEBwwGTG93ZWxsMB4XDTIxMDkyOTEzMjI1N1oXDTMzMDky
+NjEzMjI1N1owgY4xMDAuBgNVBAMMJ05ldE51bWJlciBTSEFLRU4gUm9vdCBJbnRl
+cm1lZGlhdGUgQ0EgMTELMAkGA1UEBhMCVVMxFjAUBgNVBAoMDU5ldE51bWJlciBJ
+bmMxCzAJBgNVBAsMAlVTMRcwFQYDVQQIDA5NYXNzYWNodXNldHRlczEPMA0GA1UE
+BwwGTG93ZWxsMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAE8tCNFPuiCKvElj73ghrB
+go/44JzXhjDtL2L8hptKs/a+bxF5mYquRHsD0ckmgpD4Mz28XrZ9ZFu0DRdBxE9+
+QcKvtJ7CzXD3LCvqWLqROg1Icp3HzmnzXJA/t6iRpVARo4HMMIHJMBIGA1UdEwEB
+/wQIMAYBAf8CAQEwDgYDVR0PAQH/BAQDAgIEMB8GA1UdIwQYMBaAFH/Sxmcvsw47
+rbQTPz8vahAgvo8UMB0GA1UdDgQWBBRxL8iC3KjgIuPfoGj5+F5chN7lvTBHBgNV
+HR8EQDA+MDygOqA4hjZodHRwczovL2F1dGhlbnRpY2F0ZS1hcGkuaWNvbmVjdGl2
+LmNvbS9kb3dubG9hZC92MS9jcmwwGgYDVR0gAQH/BBAwDjAMBgpghkgBhv8JAQEB
+MAoGCCqGSM49BAMDA4GMADCBiAJCAZArUIt30QwopGwY9J9tJe22P7Q45Hk76w7t
+vw0S9o2vxrKZK34w91hOj5ebS6zhHEp7cSLC4QQ5MuP4h9nUKbxOAkIBNqSI0Nk3
+GxM/ARBaQXHwOZqysCF1L9/t/sM/8eqT1AchVXg6RQvn3zJ0zH8mKwt8mN57vX3D
+WLcMZAlSsqkMLEI=
+-----END CERTIFICATE-----
+-----BEGIN CERTIFICATE-----
+MIIDTzCCArCgAwIBAgIISf7Z/TlgXrcwCgYIKoZIzj0EAwQwgYExIzAhBgNVBAMM
+Gk5ldE51bWJlciBTSEFLRU4gUm9vdCBDQSAxMQswCQYDVQQGEwJVUzEWMBQGA1UE
+CgwNTmV0TnVtYmVyIEluYzELMAkGA1UECwwCVVMxFzAVBgNVBAgMDk1hc3NhY2h1
+c2V0dGVzMQ8wDQYDVQQHDAZMb3dlbGwwHhcNMjEwOTI3MTk0NTU1WhcNNDYwOTIx
+MTk0NTU1WjCBgTEjMCEGA1UEAwwaTmV0TnVtYmVyIFNIQUtFTiBSb290IENBIDEx
+CzAJBgNVBAYTAlVTMRYwFAYDVQQKDA1OZXROdW1iZXIgSW5jMQswCQYDVQQLDAJV
+UzEXMBUGA1UECAwOTWFzc2FjaHVzZXR0ZXMxDzANBgNVBAcMBkxvd2VsbDCBmzAQ
+BgcqhkjOPQIBBgUrgQQAIwOBhgAEAdTfxsBujQ9g7Wq3w65HUq4rfsSIB1ZvmFdq
+37XYx6EhbhJHZqYv9JXuzgdpSb7LA4TkpvoDxRteduiSmFUfLXC8AWPudzD4upqX
+x1nLqI6w6QG2slldNJZhyxO+6PULGC8TX40zKvCFG3jE2XuxSYXVTlLi2WdsIej7
+T915JjwGThuso4HMMIHJMBIGA1UdEwEB/wQIMAYBAf8CAQMwDgYDVR0PAQH/BAQD
+AgIEMB8GA1UdIwQYMBaAFH/Sxmcvsw47rbQTPz8vahAgvo8UMB0GA1UdDgQWBBR/
+0sZnL7MOO620Ez8/L2oQIL6PFDBHBgNVHR8EQDA+MDygOqA4hjZodHRwczovL2F1
+dGhlbnRpY2F0ZS1hcGkuaWNvbmVjdGl2LmNvbS9kb3dubG9hZC92MS9jcmwwGgYD
+VR0gAQH/BBAwDjAMBgpghkgBhv8JAQEBMAoGCCqGSM49BAMEA4GMADCBiAJCAUaY
+ZrJYA0P/Ceus/lAFSp3h4zszZ8LGgVscwecmmmxYfT0eP1UH8dJLk67oNvMtQRJB
+beYpNlu306rC8rF/+9NOAkIBNqlzppquQhm/xpT7ghMCnsqzDZ5tGM5OUsgsIIzf
+m489+r3B4bLZg9XyQkaRL4fYdjxaZbVmZyqurCINCDzQKDQ=
+-----END CERTIFICATE-----
+"""
+
+
+def test_deployed_google_voice_chain_validates() -> None:
+    leaf, intermediate, root = load_pem_chain(NETNUMBER_CHAIN_PEM)
+    store = TrustStore.from_certificates([root])
+    at = int(dt.datetime(2024, 2, 20, tzinfo=dt.UTC).timestamp())
+    sti = store.validate([leaf, intermediate], now=at)
+    assert sti.tn_auth_list == TNAuthList(spcs=("969H",), ranges=(), ones=())
+    assert sti.crl_urls == ("https://authenticate-api.iconectiv.com/download/v1/crl",)
+    assert sti.chain == (leaf, intermediate, root)
+    with pytest.raises(UnsupportedCredential, match="expired"):
+        store.validate([leaf, intermediate], now=now())
