@@ -437,3 +437,77 @@ def test_deployed_google_voice_chain_validates() -> None:
     assert sti.chain == (leaf, intermediate, root)
     with pytest.raises(UnsupportedCredential, match="expired"):
         store.validate([leaf, intermediate], now=now())
+
+
+#: "SHAKEN 857J" (IEvolve) under TransNexus Issuing CA3 and Root CA1, also from
+#: martinisecurity/shaken-pki-reports. Deployed quirks: keyUsage BIT STRINGs with
+#: non-minimal unused-bits encoding, a CRL distribution point with the STI-PA
+#: cRLIssuer. Valid 2022-06-20 .. 2023-06-20.
+TRANSNEXUS_CHAIN_PEM = b"""\
+-----BEGIN CERTIFICATE-----
+MIIC6TCCAo+gAwIBAgIQdzrboydYX5iXoWuUdl2cgzAKBggqhkjOPQQDAjBnMQsw
+CQYDVQQGEwJVUzEZMBcGA1UEChMQVHJhbnNOZXh1cywgSW5jLjEPMA0GA1UECxMG
+U0hBS0VOMSwwKgYDVQQDEyNUcmFuc05leHVzLCBJbmMuIFNIQUtFTiBJc3N1aW5n
+IENBMzAeFw0yMjA2MjAyMDI1MTBaFw0yMzA2MjAyMDI1MDlaMEYxCzAJBgNVBAYT
+AlVTMRAwDgYDVQQKEwdJRXZvbHZlMQ8wDQYDVQQLEwZTSEFLRU4xFDASBgNVBAMT
+C1NIQUtFTiA4NTdKMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9FM9t/XuNyxH
+qfNfn1IaSH/127YdNSVe78mXSFi5gaAWwE6E3c6rZcbIM67tmZvt3vxNGFFB4k3Z
+wnPyGX8x8KOCATwwggE4MAwGA1UdEwEB/wQCMAAwDgYDVR0PAQH/BAQDAgCAMB0G
+A1UdDgQWBBQto7l0Be2eJ6prBW7uPQdi5Zv/RzAfBgNVHSMEGDAWgBS7lt4xEs3T
+lpmEpDYwYDzXUoF9JzAXBgNVHSAEEDAOMAwGCmCGSAGG/wkBAQMwgaYGA1UdHwSB
+njCBmzCBmKA6oDiGNmh0dHBzOi8vYXV0aGVudGljYXRlLWFwaS5pY29uZWN0aXYu
+Y29tL2Rvd25sb2FkL3YxL2NybKJapFgwVjEUMBIGA1UEBwwLQnJpZGdld2F0ZXIx
+CzAJBgNVBAgMAk5KMRMwEQYDVQQDDApTVEktUEEgQ1JMMQswCQYDVQQGEwJVUzEP
+MA0GA1UECgwGU1RJLVBBMBYGCCsGAQUFBwEaBAowCKAGFgQ4NTdKMAoGCCqGSM49
+BAMCA0gAMEUCIQDFb/OYDPhLwp3sbts9QFlIdUJYB/6W+oKeHtnsxDAPowIgF2SF
+Heauc9H66vNFuQMkZklJBqKMjCfj+BKozDHtVxU=
+-----END CERTIFICATE-----
+-----BEGIN CERTIFICATE-----
+MIIC8TCCApigAwIBAgIQaeMkSbXPfDSfEkC20T6VZTAKBggqhkjOPQQDAjBkMQsw
+CQYDVQQGEwJVUzEZMBcGA1UEChMQVHJhbnNOZXh1cywgSW5jLjEPMA0GA1UECxMG
+U0hBS0VOMSkwJwYDVQQDEyBUcmFuc05leHVzLCBJbmMuIFNIQUtFTiBSb290IENB
+MTAeFw0yMTA4MjAwMDAwMDBaFw0zMTA4MTkyMzU5NTlaMGcxCzAJBgNVBAYTAlVT
+MRkwFwYDVQQKExBUcmFuc05leHVzLCBJbmMuMQ8wDQYDVQQLEwZTSEFLRU4xLDAq
+BgNVBAMTI1RyYW5zTmV4dXMsIEluYy4gU0hBS0VOIElzc3VpbmcgQ0EzMFkwEwYH
+KoZIzj0CAQYIKoZIzj0DAQcDQgAEedxAVLKoKQD8g8QPsb9EqRyITRIDArijIRVn
+1QSXV3Oh7H5HsWihLlTqgbnVM7zF/nXicWvV/kkgvIKOfmCpW6OCAScwggEjMA8G
+A1UdEwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQDAgAGMB0GA1UdDgQWBBS7lt4xEs3T
+lpmEpDYwYDzXUoF9JzAfBgNVHSMEGDAWgBSajEoZn2TEXjO2KYwWyqe4EEsuWzAX
+BgNVHSAEEDAOMAwGCmCGSAGG/wkBAQMwgaYGA1UdHwSBnjCBmzCBmKA6oDiGNmh0
+dHBzOi8vYXV0aGVudGljYXRlLWFwaS5pY29uZWN0aXYuY29tL2Rvd25sb2FkL3Yx
+L2NybKJapFgwVjEUMBIGA1UEBwwLQnJpZGdld2F0ZXIxCzAJBgNVBAgMAk5KMRMw
+EQYDVQQDDApTVEktUEEgQ1JMMQswCQYDVQQGEwJVUzEPMA0GA1UECgwGU1RJLVBB
+MAoGCCqGSM49BAMCA0cAMEQCIGgZROhV4BF/KGMwnKGbSUJ0VMdMavpq1jSifXht
+c7B3AiA6ODY5dkKtrUbywLLH+ZJX1UnDad6FZwwQVQpUD0oZHA==
+-----END CERTIFICATE-----
+-----BEGIN CERTIFICATE-----
+MIICBzCCAa6gAwIBAgIQSJU/1evcbb3BlGgsmoxKtjAKBggqhkjOPQQDAjBkMQsw
+CQYDVQQGEwJVUzEZMBcGA1UEChMQVHJhbnNOZXh1cywgSW5jLjEPMA0GA1UECxMG
+U0hBS0VOMSkwJwYDVQQDEyBUcmFuc05leHVzLCBJbmMuIFNIQUtFTiBSb290IENB
+MTAeFw0yMTA4MjAwMDAwMDBaFw00MTA4MTkyMzU5NTlaMGQxCzAJBgNVBAYTAlVT
+MRkwFwYDVQQKExBUcmFuc05leHVzLCBJbmMuMQ8wDQYDVQQLEwZTSEFLRU4xKTAn
+BgNVBAMTIFRyYW5zTmV4dXMsIEluYy4gU0hBS0VOIFJvb3QgQ0ExMFkwEwYHKoZI
+zj0CAQYIKoZIzj0DAQcDQgAEJWqZunl3+TOvG5v1B7qA8/t/LLhATxSqZzt8EOVX
+67trV/U9UocZc8U6MVm3yRg0MSEo8D/3Br4o7nJTHzkcLaNCMEAwDwYDVR0TAQH/
+BAUwAwEB/zAOBgNVHQ8BAf8EBAMCAAYwHQYDVR0OBBYEFJqMShmfZMReM7YpjBbK
+p7gQSy5bMAoGCCqGSM49BAMCA0cAMEQCICr3+hNmSquUHkNspgT5tCi/fvlMgHMx
+V0Btv7TDXuuvAiAq6bUMx7jsydNYJEjd6IWBfP36w0n9cRwjxUGSh+QewA==
+-----END CERTIFICATE-----
+"""
+
+
+def test_deployed_transnexus_chain_validates() -> None:
+    leaf, intermediate, root = load_pem_chain(TRANSNEXUS_CHAIN_PEM)
+    store = TrustStore.from_certificates([root])
+    at = int(dt.datetime(2022, 10, 1, tzinfo=dt.UTC).timestamp())
+    sti = store.validate([leaf, intermediate], now=at)
+    assert sti.tn_auth_list.spcs == ("857J",)
+    # An STI-PA CRL (indirect: issued under the distribution point's cRLIssuer) revokes it.
+    (point,) = leaf.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
+    assert point.crl_issuer is not None
+    (sti_pa,) = point.crl_issuer
+    assert isinstance(sti_pa, x509.DirectoryName)
+    assert sti_pa.value.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)[0].value == "STI-PA CRL"
+    crl = pki.make_crl(pki.make_root(), [leaf.serial_number], issuer_name=sti_pa.value)
+    with pytest.raises(UnsupportedCredential, match="revoked"):
+        store.validate([leaf, intermediate], now=at, crls=[crl])
