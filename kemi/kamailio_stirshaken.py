@@ -129,6 +129,20 @@ def _setup_logging() -> None:
     root.propagate = False
 
 
+def _describe(exc: BaseException) -> str:
+    """The exception and what caused it (a SystemError from KSR carries the real one)."""
+    text = repr(exc)
+    cause = exc.__cause__ or exc.__context__
+    if cause is not None:
+        text += f" caused by {cause!r}"
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is not None:
+        text += f" at line {tb.tb_lineno}"
+    return text
+
+
 # -- message helpers -----------------------------------------------------------
 def _gete(name: str) -> str:
     value = KSR.pv.get(name)
@@ -175,7 +189,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         try:
             return self.ksr_route_main()
         except Exception as exc:  # noqa: BLE001 - never a traceback into Kamailio
-            KSR.err(f"stirshaken: request route failed (Call-ID {_call_id()}): {exc!r}\n")
+            KSR.err(f"stirshaken: request route failed (Call-ID {_call_id()}): {_describe(exc)}\n")
             self._reply(500, "Server Internal Error")
             return EXIT
 
@@ -328,7 +342,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 _append_header("Identity", obtained.identity)
             return 1
         except Exception as exc:  # noqa: BLE001
-            KSR.err(f"stirshaken: branch route failed (Call-ID {_call_id()}): {exc!r}\n")
+            KSR.err(f"stirshaken: branch route failed (Call-ID {_call_id()}): {_describe(exc)}\n")
             try:
                 KSR.hdr.remove("Identity")
             except Exception:  # noqa: BLE001
@@ -347,7 +361,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             # nothing left: tm relays the best reply received
             return 1
         except Exception as exc:  # noqa: BLE001
-            KSR.err(f"stirshaken: failure route failed (Call-ID {_call_id()}): {exc!r}\n")
+            KSR.err(f"stirshaken: failure route failed (Call-ID {_call_id()}): {_describe(exc)}\n")
             return EXIT
 
     # -- helpers ---------------------------------------------------------------

@@ -139,6 +139,7 @@ class Service:
         key = (
             s.path("vs_trust_dir"),
             s.str("vs_x5u_allow_hosts"),
+            s.str("vs_x5u_ports"),
             s.path("vs_tls_ca_file"),
             s.int("vs_fetch_timeout_ms"),
             s.int("vs_negative_ttl"),
@@ -155,11 +156,12 @@ class Service:
             from .fetcher import HttpsFetcher
             from .verifier import Verifier
 
-            trust_dir, allow, ca_file, fetch_ms, negative_ttl, prefix, url, redis_ms, freshness, cc = key
+            trust_dir, allow, ports, ca_file, fetch_ms, negative_ttl, prefix, url, redis_ms, freshness, cc = key
             fetcher = HttpsFetcher(
                 timeout=max(fetch_ms, 1) / 1000,
                 allow_hosts=frozenset(h.strip() for h in allow.split(",") if h.strip()),
                 tls_ca_file=ca_file or None,
+                allowed_ports=frozenset(int(p) for p in ports.replace(" ", "").split(",") if p.isdigit()),
             )
             redis = connect_redis(url, timeout=max(redis_ms, 1) / 1000) if url else None
             certificates = CertificateCache(

@@ -98,6 +98,7 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     _s("vs_trust_dir", "pki/trust", "directory of trusted STI root certificates (PEM)"),
     _s("vs_x5u_allow_hosts", "127.0.0.1", "hosts allowed in x5u URLs although loopback/private (comma separated)"),
+    _s("vs_x5u_ports", "443,8443", "TCP ports allowed in x5u URLs (comma separated; ATIS-1000074: 443, 8443)"),
     _s("vs_tls_ca_file", "pki/root.pem", "extra CA file for HTTPS x5u fetches (the dev certificate server); empty: system CAs"),
     _s("vs_fetch_timeout_ms", 2000, "x5u fetch timeout (ms)"),
     _s("vs_negative_ttl", 30, "seconds a failed x5u fetch is remembered (one fetch per period, not per call)"),

@@ -292,6 +292,12 @@ class Kamailio:
         else:
             self.kamcmd("cfg.set_now_string", "stirshaken", name, value)
 
+    def get_cfg(self, name: str, kind: type = str) -> int | str:
+        out = self.kamcmd("cfg.get", "stirshaken", name).strip()
+        if kind is int:
+            return int(out)
+        return out
+
     def pids(self) -> list[int]:
         """Every process of this Kamailio (for CPU accounting)."""
         if self.proc is None:

@@ -1,0 +1,329 @@
+"""A stateful fake of the ``KSR`` module, for unit tests of ``kemi/``.
+
+It covers only what the KEMI script calls, keeps the state Kamailio would
+keep, and raises :class:`UnexpectedCall` on anything else (an unknown
+function, an unknown pseudo-variable, a header appended without CRLF).
+
+State model (what Kamailio does, reduced):
+
+- A :class:`Message` has its received headers.  ``$hdr``/``$hdrc`` read the
+  received headers only: header changes are lumps, invisible to PVs.
+- Header changes go to the current *level*: the request route (applies to
+  every branch), the failure route (applies to branches created in it) or
+  the branch route (applies to that branch only).
+- ``tm.t_relay`` runs the armed branch route by name on the handler, then
+  records the :class:`Branch` as sent: destination and final header list.
+- :meth:`FakeKSR.fail` plays a failed branch (status or timeout) and runs the
+  armed failure route by name.
+- AVPs and XAVPs belong to the transaction; ``$shv`` to the whole process set.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UnexpectedCall(AssertionError):
+    """The script used something this fake (and so the script's contract) does not cover."""
+
+
+@dataclass
+class Message:
+    method: str = "INVITE"
+    ruri_user: str = "+12155550131"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    source_ip: str = "127.0.0.1"
+    call_id: str = "call-1@test"
+    to_tag: str = ""
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+@dataclass
+class Branch:
+    destination: str
+    headers: list[tuple[str, str]]
+
+    def values(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+@dataclass
+class Entry:
+    uri: str
+    attrs: str = ""
+
+
+class _Level:
+    def __init__(self) -> None:
+        self.removed: set[str] = set()
+        self.appended: list[tuple[str, str]] = []
+
+
+_URI_IN = re.compile(r"<([^>]*)>")
+
+
+def _uri_of(value: str) -> str:
+    match = _URI_IN.search(value)
+    if match:
+        return match.group(1)
+    return value.split(";", 1)[0].strip()
+
+
+class _Namespace:
+    def __init__(self, owner: FakeKSR, name: str, functions: dict[str, Any]) -> None:
+        self._owner = owner
+        self._name = name
+        self._functions = functions
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)
+        try:
+            return self._functions[attr]
+        except KeyError:
+            raise UnexpectedCall(f"KSR.{self._name}.{attr} is not covered by the fake") from None
+
+
+class FakeKSR:
+    """Install with ``sys.modules["KSR"] = fake`` before importing the KEMI script."""
+
+    def __init__(self) -> None:
+        self.handler: Any = None
+        self.settings: dict[str, object] = {}
+        self.shv: dict[str, object] = {}
+        self.logs: list[tuple[str, str]] = []
+        self.reset(Message())
+        self.pv = _Namespace(self, "pv", {"get": self._pv_get, "gete": self._pv_gete, "seti": self._pv_set,
+                                          "sets": self._pv_set, "is_null": lambda n: self._pv_get(n) is None})
+        self.hdr = _Namespace(self, "hdr", {"append": self._hdr_append, "remove": self._hdr_remove,
+                                            "is_present": self._hdr_is_present})
+        self.sl = _Namespace(self, "sl", {"sl_send_reply": self._reply, "send_reply": self._reply})
+        self.tm = _Namespace(self, "tm", {
+            "t_check_trans": self._t_check_trans, "t_relay": self._t_relay, "t_on_branch": self._t_on_branch,
+            "t_on_failure": self._t_on_failure, "t_set_fr": self._t_set_fr, "t_is_canceled": lambda: -1,
+            "t_check_status": self._t_check_status, "t_branch_timeout": lambda: 1 if self._timeout else -1,
+            "t_reply": self._reply,
+        })
+        self.rr = _Namespace(self, "rr", {"record_route": self._record_route, "loose_route": lambda: -1})
+        self.maxfwd = _Namespace(self, "maxfwd", {"process_maxfwd": lambda limit: 1})
+        self.siputils = _Namespace(self, "siputils", {"has_totag": lambda: 1 if self.msg.to_tag else -1})
+        self.dispatcher = _Namespace(self, "dispatcher", {"ds_select_dst": self._ds_select,
+                                                          "ds_next_dst": self._ds_next})
+
+    # -- test control ---------------------------------------------------------
+    def reset(self, msg: Message, *, entries: list[Entry] | None = None) -> None:
+        """A new incoming request (and a new transaction)."""
+        self.msg = msg
+        self.entries = entries if entries is not None else []
+        self.avps: dict[str, object] = {}
+        self.xavp_index: int | None = None
+        self.replies: list[tuple[int, str]] = []
+        self.branches: list[Branch] = []
+        self.retransmission = False
+        self.relay_fails: set[str] = set()
+        self.on_branch: str | None = None
+        self.on_failure: str | None = None
+        self.fr: tuple[int, int] | None = None
+        self.record_routed = False
+        self._status: int | None = None
+        self._timeout = False
+        self._request = _Level()
+        self._failure: _Level | None = None
+        self._branch: _Level | None = None
+        self._level = self._request
+
+    def fail(self, status: int | None) -> None:
+        """The last branch failed with *status* (None: timeout); run the failure route."""
+        if self.on_failure is None:
+            raise AssertionError("no failure route armed")
+        self._status = 408 if status is None else status
+        self._timeout = status is None
+        self._failure = _Level()
+        self._level = self._failure
+        route, self.on_failure = self.on_failure, None
+        try:
+            getattr(self.handler, route)(self.msg)
+        finally:
+            self._level = self._request
+            self._failure = None
+
+    def log_text(self) -> str:
+        return "".join(text for _, text in self.logs)
+
+    # -- logging --------------------------------------------------------------
+    def _log(self, level: str) -> Any:
+        def log(text: str) -> None:
+            self.logs.append((level, text))
+        return log
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr in ("info", "warn", "err", "dbg", "notice", "crit"):
+            return self._log(attr)
+        if attr.startswith("is_") and attr[3:].isupper():
+            return lambda: self.msg.method == attr[3:]
+        raise UnexpectedCall(f"KSR.{attr} is not covered by the fake")
+
+    # -- pseudo-variables -------------------------------------------------------
+    def _first(self, name: str) -> str | None:
+        values = self.msg.header_values(name)
+        return values[0] if values else None
+
+    def _pv_get(self, name: str) -> object:
+        if name == "$ci":
+            return self.msg.call_id
+        if name == "$si":
+            return self.msg.source_ip
+        if name == "$rU":
+            return self.msg.ruri_user or None
+        if name == "$fu":
+            value = self._first("From")
+            return _uri_of(value) if value else None
+        if name == "$tu":
+            value = self._first("To")
+            return _uri_of(value) if value else None
+        if name == "$ai":
+            value = self._first("P-Asserted-Identity")
+            return _uri_of(value) if value else None
+        m = re.fullmatch(r"\$hdr\(([^)]+)\)", name)
+        if m:
+            return self._first(m.group(1))
+        m = re.fullmatch(r"\$hdrc\(([^)]+)\)", name)
+        if m:
+            return len(self.msg.header_values(m.group(1)))
+        m = re.fullmatch(r"\$\(hdr\(([^)]+)\)\[(\d+)\]\)", name)
+        if m:
+            values = self.msg.header_values(m.group(1))
+            index = int(m.group(2))
+            return values[index] if index < len(values) else None
+        m = re.fullmatch(r"\$sel\(cfg_get\.stirshaken\.([a-z0-9_]+)\)", name)
+        if m:
+            return self.settings.get(m.group(1))
+        m = re.fullmatch(r"\$avp\(([a-z_]+)\)", name)
+        if m:
+            return self.avps.get(m.group(1))
+        m = re.fullmatch(r"\$shv\(([a-z_]+)\)", name)
+        if m:
+            return self.shv.get(m.group(1))
+        m = re.fullmatch(r"\$xavp\(_dsdst_=>(uri|attrs)\)", name)
+        if m:
+            if self.xavp_index is None or self.xavp_index >= len(self.entries):
+                return None
+            entry = self.entries[self.xavp_index]
+            return entry.uri if m.group(1) == "uri" else (entry.attrs or None)
+        raise UnexpectedCall(f"pseudo-variable {name} is not covered by the fake")
+
+    def _pv_gete(self, name: str) -> str:
+        value = self._pv_get(name)
+        return "" if value is None else str(value)
+
+    def _pv_set(self, name: str, value: object) -> int:
+        m = re.fullmatch(r"\$avp\(([a-z_]+)\)", name)
+        if m:
+            self.avps[m.group(1)] = value
+            return 1
+        m = re.fullmatch(r"\$shv\(([a-z_]+)\)", name)
+        if m:
+            self.shv[m.group(1)] = value
+            return 1
+        raise UnexpectedCall(f"cannot set {name} in the fake")
+
+    # -- headers ------------------------------------------------------------------
+    def _hdr_append(self, text: str) -> int:
+        if not text.endswith("\r\n") or text.count("\r\n") != 1:
+            raise UnexpectedCall(f"header must be one line ending in CRLF: {text!r}")
+        name, sep, value = text[:-2].partition(":")
+        if not sep or not name.strip():
+            raise UnexpectedCall(f"not a header line: {text!r}")
+        self._level.appended.append((name.strip(), value.strip()))
+        return 1
+
+    def _hdr_remove(self, name: str) -> int:
+        present = bool(self.msg.header_values(name))
+        self._level.removed.add(name.lower())
+        return 1 if present else -1
+
+    def _hdr_is_present(self, name: str) -> int:
+        return 1 if self.msg.header_values(name) else -1
+
+    # -- replies, transactions ------------------------------------------------------
+    def _reply(self, code: int, reason: str) -> int:
+        if not isinstance(code, int):
+            raise UnexpectedCall(f"reply code must be an int, got {code!r}")
+        self.replies.append((code, reason))
+        return 1
+
+    def _t_check_trans(self) -> int:
+        if self.msg.method == "INVITE" and self.retransmission:
+            return 0
+        return -1
+
+    def _t_on_branch(self, name: str) -> int:
+        self._callable(name)
+        self.on_branch = name
+        return 1
+
+    def _t_on_failure(self, name: str) -> int:
+        self._callable(name)
+        self.on_failure = name
+        return 1
+
+    def _callable(self, name: str) -> None:
+        if not callable(getattr(self.handler, name, None)):
+            raise UnexpectedCall(f"route {name!r} is not a method of the handler")
+
+    def _t_set_fr(self, fr_inv: int, fr: int) -> int:
+        if not (isinstance(fr_inv, int) and isinstance(fr, int)):
+            raise UnexpectedCall("t_set_fr takes ints")
+        self.fr = (fr_inv, fr)
+        return 1
+
+    def _t_check_status(self, regexp: str) -> int:
+        if self._status is None:
+            raise UnexpectedCall("t_check_status outside a failure route")
+        return 1 if re.fullmatch(regexp, str(self._status)) else -1
+
+    def _record_route(self) -> int:
+        self.record_routed = True
+        return 1
+
+    def _t_relay(self) -> int:
+        if self.xavp_index is None:
+            raise UnexpectedCall("t_relay without a destination")
+        destination = self.entries[self.xavp_index].uri
+        if destination in self.relay_fails:
+            return -1
+        levels = [self._request] + ([self._failure] if self._failure else [])
+        if self.on_branch is not None:
+            self._branch = _Level()
+            saved, self._level = self._level, self._branch
+            try:
+                getattr(self.handler, self.on_branch)(self.msg)
+            finally:
+                self._level = saved
+            levels.append(self._branch)
+            self._branch = None
+        removed = set().union(*(lv.removed for lv in levels))
+        headers = [(n, v) for n, v in self.msg.headers if n.lower() not in removed]
+        for level in levels:
+            headers += level.appended
+        self.branches.append(Branch(destination, headers))
+        return 1
+
+    # -- dispatcher -------------------------------------------------------------------
+    def _ds_select(self, setid: int, alg: int) -> int:
+        if not isinstance(setid, int) or alg != 8:
+            raise UnexpectedCall(f"ds_select_dst({setid!r}, {alg!r})")
+        if not self.entries:
+            return -1
+        self.xavp_index = 0
+        return 1
+
+    def _ds_next(self) -> int:
+        if self.xavp_index is None:
+            return -1
+        self.xavp_index += 1
+        return 1 if self.xavp_index < len(self.entries) else -1

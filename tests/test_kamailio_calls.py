@@ -1,0 +1,402 @@
+"""Calls through the real service: Kamailio + KEMI script + Redis + certificate server + SIPp.
+
+Every test builds its routing group from SIPp vendors (dispatcher.reload),
+sets tunables live (cfg.set_now_*), places calls with the SIPp caller and
+checks what the caller got and what each vendor received.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from stirshaken.cache import CertificateCache
+from stirshaken.certs import TrustStore
+from stirshaken.fetcher import HttpsFetcher
+from stirshaken.signer import Signer
+from stirshaken.verifier import Verifier
+from tests import harness
+from tests.harness import Vendor, header_values, run_uac, uas
+
+pytestmark = pytest.mark.kamailio
+
+CALLER = "+12155550121"
+CALLEE = "+12155550131"
+ORIG, DEST = "12155550121", "12155550131"
+PAI = f"P-Asserted-Identity: <sip:{CALLER}@127.0.0.1>"
+
+REQUIRED = "ss_enabled=1;ss_policy=required"
+SUPPORTED = "ss_enabled=1;ss_policy=supported"
+DISABLED = "ss_enabled=1;ss_policy=disabled"
+
+
+@pytest.fixture(scope="module")
+def verifier(pki, cert_server):  # type: ignore[no-untyped-def]
+    fetcher = HttpsFetcher(allow_hosts=frozenset({"127.0.0.1"}), tls_ca_file=str(pki.root),
+                           allowed_ports=frozenset({cert_server.port}))
+    cache = CertificateCache(fetcher=fetcher, trust_store=TrustStore.from_directory(pki.trust_dir))
+    return Verifier(certificates=cache, max_age=60, country_code="1")
+
+
+def signer_for(pki, cert_server, name: str = "sp") -> Signer:  # type: ignore[no-untyped-def]
+    if name == "sp":
+        key, cert = pki.key, pki.cert
+    else:
+        key, cert = pki.out_dir / f"{name}-key.pem", pki.out_dir / f"{name}-cert.pem"
+    return Signer.from_files(key_path=key, x5u=cert_server.url(f"{name}.pem"), cert_path=cert)
+
+
+def identity_headers(signed) -> list[str]:  # type: ignore[no-untyped-def]
+    return [f"Identity: {signed.identity}", f"Date: {signed.date}"]
+
+
+def only_invite(vendor: harness.SippUas) -> str:
+    invites = vendor.invites()
+    assert len(invites) == 1, f"{vendor.port} got {len(invites)} INVITEs"
+    return invites[0]
+
+
+# -- local signing and the policy table ------------------------------------------
+def test_signed_call_reaches_vendor_with_valid_identity_and_date(kamailio, routing, sip_dir: Path, verifier) -> None:
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, REQUIRED)])
+        result = run_uac(kamailio.port, sip_dir)
+        assert result.final == "200", result.log
+        invite = only_invite(vendor)
+    identities = header_values(invite, "Identity")
+    dates = header_values(invite, "Date")
+    assert len(identities) == 1 and len(dates) == 1
+    verdict = verifier.verify(identities, date=dates[0], orig=ORIG, dest=[DEST])
+    assert verdict.passed, verdict.detail
+    assert verdict.attest == "A"  # 127.0.0.1 is a trusted source owning every number
+
+
+def test_failover_from_503_reuses_the_same_identity(kamailio, routing, sip_dir: Path, redis_server, verifier) -> None:
+    with uas("vendor_503/uas.xml", sip_dir) as broken, uas("vendor/uas.xml", sip_dir) as good:
+        routing([Vendor(broken.port, REQUIRED), Vendor(good.port, REQUIRED)])
+        result = run_uac(kamailio.port, sip_dir)
+        assert result.final == "200", result.log
+        first, second = only_invite(broken), only_invite(good)
+    ids_first, ids_second = header_values(first, "Identity"), header_values(second, "Identity")
+    assert ids_first and ids_first == ids_second  # ES256 is randomised: a second signature would differ
+    assert header_values(first, "Date") == header_values(second, "Date")
+    assert verifier.verify(ids_second, date=header_values(second, "Date")[0], orig=ORIG, dest=[DEST]).passed
+    call_id = header_values(second, "Call-ID")[0]
+    assert b"ss:id:" + call_id.encode() in redis_server.command("KEYS", "ss:id:*")
+
+
+def test_same_call_again_reuses_the_cached_identity(kamailio, routing, sip_dir: Path) -> None:
+    """A new transaction of the same call (another node, a re-sent INVITE) takes the Identity from Redis."""
+    call_id = f"cluster-{uuid.uuid4().hex}@127.0.0.1"
+    # two vendors: SIPp ignores a second call with a Call-ID it has finished
+    with uas("vendor/uas.xml", sip_dir) as first, uas("vendor/uas.xml", sip_dir) as second:
+        for vendor in (first, second):
+            routing([Vendor(vendor.port, REQUIRED)])
+            result = run_uac(kamailio.port, sip_dir, extra=["-cid_str", call_id])
+            assert result.final == "200", result.log
+        one, two = only_invite(first), only_invite(second)
+    assert header_values(one, "Identity") == header_values(two, "Identity")
+
+
+def test_disabled_entry_strips_the_identity(kamailio, routing, sip_dir: Path, pki, cert_server) -> None:
+    signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, DISABLED)])
+        result = run_uac(kamailio.port, sip_dir, headers=[PAI, *identity_headers(signed)])
+        assert result.final == "200", result.log
+        invite = only_invite(vendor)
+    assert header_values(invite, "Identity") == []
+    assert "verstat=TN-Validation-Passed" in header_values(invite, "P-Asserted-Identity")[0]
+
+
+def test_supported_entry_without_identity_gets_the_call_unsigned(kamailio, routing, sip_dir: Path) -> None:
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+        invite = only_invite(vendor)
+    assert header_values(invite, "Identity") == []
+    assert "verstat=No-TN-Validation" in header_values(invite, "From")[0]
+
+
+@pytest.mark.parametrize("how", ["provider-disabled", "ss_enabled-0", "untrusted-source"])
+def test_required_entry_without_signing_is_skipped(kamailio, routing, tune, sip_dir: Path, how: str) -> None:
+    required = REQUIRED
+    if how == "provider-disabled":
+        tune(provider="disabled")
+    elif how == "ss_enabled-0":
+        required = "ss_enabled=0;ss_policy=required"
+    else:
+        tune(as_trusted_sources="192.0.2.0/24=*", as_other_attest="none")
+    with uas("vendor/uas.xml", sip_dir) as skipped, uas("vendor/uas.xml", sip_dir) as fallback:
+        routing([Vendor(skipped.port, required), Vendor(fallback.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+        assert skipped.invites() == []
+        invite = only_invite(fallback)
+    assert header_values(invite, "Identity") == []
+
+
+def test_every_entry_skipped_gives_a_clear_503(kamailio, routing, tune, sip_dir: Path) -> None:
+    tune(provider="disabled")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir).final == "503"
+        assert vendor.invites() == []
+
+
+def test_untrusted_source_signed_c_when_configured(kamailio, routing, tune, sip_dir: Path, verifier) -> None:
+    tune(as_trusted_sources="192.0.2.0/24=*", as_other_attest="C")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+        invite = only_invite(vendor)
+    verdict = verifier.verify(header_values(invite, "Identity"), date=header_values(invite, "Date")[0],
+                              orig=ORIG, dest=[DEST])
+    assert verdict.passed and verdict.attest == "C"
+
+
+def test_trusted_source_other_numbers_get_b(kamailio, routing, tune, sip_dir: Path, verifier) -> None:
+    tune(as_trusted_sources="127.0.0.0/8=1267")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+        invite = only_invite(vendor)
+    verdict = verifier.verify(header_values(invite, "Identity"), date=header_values(invite, "Date")[0],
+                              orig=ORIG, dest=[DEST])
+    assert verdict.passed and verdict.attest == "B"
+
+
+def test_busy_vendor_is_not_failed_over(kamailio, routing, sip_dir: Path) -> None:
+    with uas("vendor_busy/uas.xml", sip_dir) as busy, uas("vendor/uas.xml", sip_dir) as other:
+        routing([Vendor(busy.port, SUPPORTED), Vendor(other.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir).final == "486"
+        assert other.invites() == []
+
+
+def test_silent_vendor_times_out_and_the_next_one_gets_the_call(kamailio, routing, sip_dir: Path) -> None:
+    silent = harness.free_port()  # nothing listens: no reply, fr_timer (1.5 s here) fires
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(silent, REQUIRED), Vendor(vendor.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+        assert header_values(only_invite(vendor), "Identity")
+
+
+def test_all_vendors_failing_gives_the_caller_their_answer(kamailio, routing, sip_dir: Path) -> None:
+    with uas("vendor_503/uas.xml", sip_dir) as one, uas("vendor_503/uas.xml", sip_dir) as two:
+        routing([Vendor(one.port, REQUIRED), Vendor(two.port, SUPPORTED)])
+        # RFC 3261 §16.7 step 6: a proxy turns a 503 it got into 500 upstream
+        assert run_uac(kamailio.port, sip_dir).final == "500"
+        assert len(one.invites()) == 1 and len(two.invites()) == 1
+
+
+# -- verification -----------------------------------------------------------------
+def test_valid_identity_passes_and_is_forwarded(kamailio, routing, sip_dir: Path, pki, cert_server) -> None:
+    signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="B")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir, headers=[PAI, *identity_headers(signed)]).final == "200"
+        invite = only_invite(vendor)
+    pai = header_values(invite, "P-Asserted-Identity")
+    assert pai == [f"<sip:{CALLER};verstat=TN-Validation-Passed@127.0.0.1>"]
+    assert header_values(invite, "Identity") == [signed.identity]  # no new signature on a required entry
+    assert header_values(invite, "Date") == [signed.date]
+
+
+def test_verstat_as_header_parameter_on_from_when_no_pai(kamailio, routing, tune, sip_dir: Path, pki,
+                                                         cert_server) -> None:
+    tune(vs_verstat_placement="header")
+    signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir, headers=identity_headers(signed)).final == "200"
+        invite = only_invite(vendor)
+    assert header_values(invite, "From")[0].endswith(";verstat=TN-Validation-Passed")
+
+
+def tampered(identity: str) -> str:
+    token, _, params = identity.partition(";")
+    header, payload, signature = token.split(".")
+    flipped = ("A" if signature[10] != "A" else "B")
+    return f"{header}.{payload}.{signature[:10]}{flipped}{signature[11:]};{params}"
+
+
+def test_tampered_identity_rejected_with_438(kamailio, routing, tune, sip_dir: Path, pki, cert_server) -> None:
+    tune(vs_failure_action="reject")
+    signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        headers = [PAI, f"Identity: {tampered(signed.identity)}", f"Date: {signed.date}"]
+        assert run_uac(kamailio.port, sip_dir, headers=headers).final == "438"
+        assert vendor.invites() == []
+
+
+def test_tampered_identity_continues_marked_failed(kamailio, routing, sip_dir: Path, pki, cert_server,
+                                                   verifier) -> None:
+    """Default action continue: forwarded with TN-Validation-Failed and a Reason; the bad Identity is not passed on."""
+    signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
+    with uas("vendor/uas.xml", sip_dir) as supported, uas("vendor/uas.xml", sip_dir) as required:
+        routing([Vendor(supported.port, SUPPORTED)])
+        headers = [PAI, f"Identity: {tampered(signed.identity)}", f"Date: {signed.date}"]
+        assert run_uac(kamailio.port, sip_dir, headers=headers).final == "200"
+        invite = only_invite(supported)
+        assert "verstat=TN-Validation-Failed" in header_values(invite, "P-Asserted-Identity")[0]
+        assert header_values(invite, "Reason") == ['STIR;cause=438;text="Invalid Identity Header"']
+        assert header_values(invite, "Identity") == []
+        # a required entry gets our own signature instead of the failed one
+        routing([Vendor(required.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir, headers=headers).final == "200"
+        signed_again = only_invite(required)
+    ids = header_values(signed_again, "Identity")
+    assert ids and ids != [tampered(signed.identity)]
+    assert verifier.verify(ids, date=header_values(signed_again, "Date")[0], orig=ORIG, dest=[DEST]).passed
+
+
+def test_stale_identity_rejected_with_403(kamailio, routing, tune, sip_dir: Path, pki, cert_server) -> None:
+    tune(vs_failure_action="reject")
+    signer = signer_for(pki, cert_server)
+    old = signer.sign(orig=ORIG, dest=[DEST], attest="A", iat=int(time.time()) - 300)
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir, headers=[PAI, *identity_headers(old)]).final == "403"
+
+
+def test_missing_identity_gets_428_where_required(kamailio, routing, tune, sip_dir: Path) -> None:
+    tune(vs_require_identity=1)
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir).final == "428"
+        assert vendor.invites() == []
+
+
+class BlackHole:
+    """A TCP listener that accepts and never answers; counts connections."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self._held: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self._held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def test_unreachable_x5u_gives_436_once_per_negative_period(kamailio, routing, tune, sip_dir: Path, pki) -> None:
+    hole = BlackHole()
+    tune(vs_failure_action="reject", vs_fetch_timeout_ms=500,
+         vs_x5u_ports=f"443,8443,{kamailio.get_cfg('vs_x5u_ports').split(',')[-1]},{hole.port}")
+    try:
+        signer = Signer.from_files(key_path=pki.key, x5u=f"https://127.0.0.1:{hole.port}/sp.pem", cert_path=pki.cert)
+        with uas("vendor/uas.xml", sip_dir) as vendor:
+            routing([Vendor(vendor.port, SUPPORTED)])
+            finals = []
+            for _ in range(4):
+                signed = signer.sign(orig=ORIG, dest=[DEST], attest="A")
+                finals.append(run_uac(kamailio.port, sip_dir, headers=[PAI, *identity_headers(signed)]).final)
+            assert finals == ["436"] * 4
+            assert vendor.invites() == []
+        assert hole.accepted == 1  # the dead host cost one fetch, not one per call
+    finally:
+        hole.close()
+
+
+@pytest.mark.parametrize("leaf", ["untrusted", "notnauth"])
+def test_untrusted_or_tnauthlist_less_certificate_gives_437(kamailio, routing, tune, sip_dir: Path, pki,
+                                                             cert_server, leaf: str) -> None:
+    tune(vs_failure_action="reject")
+    signed = signer_for(pki, cert_server, leaf).sign(orig=ORIG, dest=[DEST], attest="A")
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir, headers=[PAI, *identity_headers(signed)]).final == "437"
+
+
+MALFORMED = [
+    "Identity: garbage",
+    "Identity: a.b.c;info=<https://127.0.0.1:1/x.pem>;alg=ES256;ppt=shaken",
+    "Identity: ;;;;;",
+    "Identity: eyJhbGciOiJub25lIn0.e30.;info=<http://127.0.0.1/x>",
+    "Identity: " + "A" * 3000,
+    "Identity: x.y.z;info=<;alg=;ppt=\"shaken",
+    "Identity: ..;info=<https://[::1]/x>;ppt=shaken",
+    "Identity: \u00e9\u00e8\u00ea.\u00ff;info=<https://127.0.0.1/\u00e9>",
+]
+
+
+@pytest.mark.parametrize("action", ["continue", "reject"])
+def test_burst_of_malformed_identities_all_answered(kamailio, routing, tune, sip_dir: Path, action: str) -> None:
+    tune(vs_failure_action=action)
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        for header in MALFORMED:
+            result = run_uac(kamailio.port, sip_dir, headers=[PAI, header, "Date: Fri, 27 Nov 2026 03:28:01 GMT"],
+                             calls=10, rate=200)
+            assert len(result.finals) == 10, (header[:60], result.log)
+            expected = {"200"} if action == "continue" else {"438", "436", "403"}
+            assert set(result.finals) <= expected, (header[:60], result.finals)
+    assert kamailio.alive()
+    assert harness.sip_options(kamailio.port) is not None
+    assert "Traceback" not in kamailio.log_text()
+
+
+def test_redis_stopped_mid_run_calls_keep_flowing(kamailio, routing, sip_dir: Path, redis_server, verifier) -> None:
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+        log_before = kamailio.log_text().count("unavailable")
+        redis_server.stop()
+        try:
+            result = run_uac(kamailio.port, sip_dir, calls=20, rate=50)
+            assert result.finals == ["200"] * 20, result.log
+        finally:
+            redis_server.start()
+        invites = vendor.invites()
+        assert len(invites) == 21
+        last = invites[-1]
+        assert verifier.verify(header_values(last, "Identity"), date=header_values(last, "Date")[0],
+                               orig=ORIG, dest=[DEST]).passed
+        # one log line for the outage, whichever worker met it first
+        assert kamailio.log_text().count("unavailable") - log_before == 1
+        # and Redis is used again once it is back
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            assert run_uac(kamailio.port, sip_dir).final == "200"
+            if b"ss:id:" in redis_server.command("KEYS", "ss:id:*"):
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("identity cache not written after Redis came back")
+
+
+def test_live_cfg_change_takes_effect(kamailio, routing, tune, sip_dir: Path) -> None:
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, SUPPORTED)])
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+        tune(vs_require_identity=1)
+        assert run_uac(kamailio.port, sip_dir).final == "428"
+        tune(vs_require_identity=0)
+        assert run_uac(kamailio.port, sip_dir).final == "200"
+
+
+def test_no_traceback_reached_kamailio(kamailio) -> None:
+    """Runs last in this module: nothing above made Python raise into Kamailio."""
+    assert "Unhandled exception" not in kamailio.log_text()
+    assert "Traceback" not in kamailio.log_text()
