@@ -261,14 +261,14 @@ def _system_resolver(host: str, port: int, timeout: float) -> list[str]:
     abandoned (and finishes on its own) when the deadline passes.
     """
     result: list[str] = []
-    failure: list[BaseException] = []
+    failure: list[Exception] = []
     done = threading.Event()
 
     def resolve() -> None:
         try:
             infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             result.extend(dict.fromkeys(str(info[4][0]) for info in infos))
-        except BaseException as exc:  # handed to the caller below
+        except Exception as exc:  # handed to the caller below
             failure.append(exc)
         finally:
             done.set()
@@ -358,7 +358,7 @@ class HttpsFetcher:
             raise CertificateFetchError(
                 f"x5u host {host}: no DNS answer within {self.timeout:g} s"
             ) from None
-        except OSError as exc:
+        except (OSError, ValueError) as exc:  # ValueError: IDNA, e.g. a label over 63 octets
             raise CertificateFetchError(f"x5u host {host} does not resolve: {exc}") from None
         if not found:
             raise CertificateFetchError(f"x5u host {host} does not resolve")

@@ -223,6 +223,11 @@ def test_unresolvable_name_is_fetch_error() -> None:
         HttpsFetcher(resolver=nxdomain).fetch("https://nx.example.test/sp.pem")
 
 
+def test_overlong_label_is_fetch_error() -> None:
+    with pytest.raises(CertificateFetchError, match="does not resolve"):
+        HttpsFetcher(timeout=0.5).fetch("https://" + "a" * 64 + ".example.test/sp.pem")
+
+
 def test_slow_resolver_counts_against_the_total_timeout() -> None:
     def slow(host: str, port: int, timeout: float) -> list[str]:
         time.sleep(timeout + 0.01)
