@@ -409,24 +409,20 @@ def test_stuck_lock_holder_is_waited_for_only_lock_timeout(store: TrustStore, cl
     started = time.monotonic()
     cache.certificate_for(X5U, now=int(clock()))
     elapsed = time.monotonic() - started
-    assert 0.2 <= elapsed < 0.6
+    assert 0.2 <= elapsed < 2.0  # waited for the lock, then fetched itself
     assert fetcher.calls == [X5U]
     assert client.get(f"{PREFIX}lock:{X5U}") == b"someone-else"  # not ours to release
 
 
-# -- warm path cost ------------------------------------------------------------------------------
+# -- warm path ------------------------------------------------------------------------------------
+# Its speed is measured by `make bench` (bench/bench_library.py), not here.
 
 
-def test_warm_hit_is_cheap(store: TrustStore, chain_pem: bytes) -> None:
+def test_warm_hit_touches_neither_fetcher_nor_validation(store: TrustStore, chain_pem: bytes) -> None:
     fetcher = FakeFetcher({X5U: chain_pem})
     cache = CertificateCache(fetcher=fetcher, trust_store=store)
     now = int(time.time())
-    cache.certificate_for(X5U, now=now)
-    rounds = 50_000
-    lookup = cache.certificate_for
-    started = time.perf_counter()
-    for _ in range(rounds):
-        lookup(X5U, now=now)
-    per_call = (time.perf_counter() - started) / rounds
-    # Target ~1-2 µs; the bound leaves room for slow, shared CI machines.
-    assert per_call < 10e-6, f"warm hit costs {per_call * 1e6:.2f} µs"
+    first = cache.certificate_for(X5U, now=now)
+    for _ in range(100):
+        assert cache.certificate_for(X5U, now=now) is first
+    assert fetcher.calls == [X5U]
