@@ -1,0 +1,104 @@
+"""The per-call Identity cache on a real Redis (stirshaken.identity_cache)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import pytest
+
+from stirshaken.cache import RedisGuard
+from stirshaken.identity_cache import CachedIdentity, IdentityCache, RedisError, RespClient, cache_ttl
+from tests import harness
+
+NOW = 1_800_000_000
+
+
+def entry(iat: int = NOW, orig: str = "12155550121") -> CachedIdentity:
+    return CachedIdentity(identity="a.b.c;info=<https://x/y>", date="Fri, 15 Jan 2027 08:00:00 GMT", iat=iat,
+                          orig=orig, dest=("12155550131",), attest="A")
+
+
+@pytest.fixture
+def cache(redis_server: harness.RedisServer) -> IdentityCache:
+    client = RespClient(redis_server.url, timeout=0.2)
+    return IdentityCache(client, prefix="test:id:", freshness=60, clock=lambda: NOW + 5)
+
+
+def test_put_then_get(cache: IdentityCache, redis_server: harness.RedisServer) -> None:
+    cache.put("call-1", entry())
+    got = cache.get("call-1", orig="12155550121", dest=("12155550131",))
+    assert got == entry()
+    ttl = int(redis_server.command("TTL", "test:id:call-1").strip(b":\r\n"))
+    assert 0 < ttl <= cache_ttl(60) == 45
+
+
+def test_other_numbers_or_old_entries_are_misses(cache: IdentityCache) -> None:
+    cache.put("call-2", entry())
+    assert cache.get("call-2", orig="12155550199", dest=("12155550131",)) is None
+    assert cache.get("call-2", orig="12155550121", dest=("12155550100",)) is None
+    cache.put("call-3", entry(iat=NOW - 100))
+    assert cache.get("call-3", orig="12155550121", dest=("12155550131",)) is None
+    assert cache.get("never", orig="12155550121", dest=("12155550131",)) is None
+
+
+def test_garbage_in_redis_is_a_miss(cache: IdentityCache, redis_server: harness.RedisServer) -> None:
+    redis_server.command("SET", "test:id:junk", "{not json")
+    assert cache.get("junk", orig="1", dest=("2",)) is None
+
+
+def test_many_unread_writes_then_a_read(cache: IdentityCache) -> None:
+    for i in range(200):
+        cache.put(f"bulk-{i}", entry())
+    assert cache.get("bulk-199", orig="12155550121", dest=("12155550131",)) == entry()
+
+
+def test_password_and_db_in_url(redis_server: harness.RedisServer) -> None:
+    client = RespClient(f"redis://127.0.0.1:{redis_server.port}/3", timeout=0.2)
+    client.set_nowait("k", b"v", 10)
+    assert client.get("k") == b"v"
+    assert RespClient(redis_server.url).get("k") is None  # db 0
+
+
+def test_redis_down_is_a_miss_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    port = harness.free_port(socket.SOCK_STREAM)  # nothing listens
+    client = RespClient(f"redis://127.0.0.1:{port}/0", timeout=0.1)
+    guard = RedisGuard(client, logger=logging.getLogger("test.idcache"), retry_interval=60)  # type: ignore[arg-type]
+    cache = IdentityCache(client, guard=guard)
+    with caplog.at_level(logging.WARNING, logger="test.idcache"):
+        for _ in range(5):
+            cache.put("c", entry())
+            assert cache.get("c", orig="12155550121", dest=("12155550131",)) is None
+    assert sum("unavailable" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_no_client_means_no_cache() -> None:
+    cache = IdentityCache(None)
+    cache.put("c", entry())
+    assert cache.get("c", orig="12155550121", dest=("12155550131",)) is None
+
+
+def test_server_that_never_answers_costs_one_timeout() -> None:
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(server.accept()[0]), daemon=True).start()
+    client = RespClient(f"redis://127.0.0.1:{server.getsockname()[1]}/0", timeout=0.05)
+    with pytest.raises(RedisError):
+        client.get("x")
+    server.close()
+
+
+def test_bad_url() -> None:
+    from stirshaken.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        RespClient("unix:///tmp/redis.sock")
+
+
+def test_cached_identity_json_roundtrip() -> None:
+    assert CachedIdentity.from_json(entry().to_json()) == entry()
+    assert CachedIdentity.from_json(b"[]") is None
+    assert CachedIdentity.from_json(b'{"identity": 1}') is None
