@@ -194,6 +194,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             return EXIT
 
     def ksr_route_main(self) -> int:
+        self.service.flush_if_due()
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return EXIT

@@ -8,12 +8,22 @@ another node of the cluster reuses it instead of signing again.
 Theory of operation:
 
 1. **Write once, when we sign**, without waiting for Redis' answer: the SET
-   is written to the socket and its ``+OK`` is read the next time the socket
-   is used.  Signing never waits on Redis.
+   is queued, written with the next batch, and its ``+OK`` is read the next
+   time the socket is used.  Signing never waits on Redis.  A worker batches
+   its writes for up to ``flush_interval`` (every send to Redis wakes it up,
+   which costs as much CPU as signing on a small VM); the KEMI script calls
+   :meth:`IdentityCache.flush_if_due` on every request, so a queued write
+   waits at most until that worker's next message after the interval.  At
+   low traffic every write goes out at once.
 2. **Read only when it can matter**: before signing a call we have not
    signed in this transaction (another node or an earlier transaction may
    have); failover inside one transaction carries the Identity in the
    transaction itself (the KEMI script keeps it in an AVP) and never reads.
+   The read is overlapped with signing (:meth:`IdentityCache.lookup_start`,
+   sign, :meth:`IdentityCache.lookup_finish`): Redis answers while we sign,
+   so the worker never sleeps on it.  On a hit our fresh signature is thrown
+   away and the stored Identity is used: the call keeps one Identity across
+   nodes, at the price of a wasted signature on the rare hit.
 3. **A stored Identity is reused only for the same call**: the entry records
    orig, dest and iat; a lookup with other numbers, or an entry older than
    the TTL, is a miss.
@@ -116,6 +126,8 @@ class RespClient:
         self._sock: socket.socket | None = None
         self._buf = b""
         self._pending = 0  # replies of fire-and-forget commands not read yet
+        self._outbox: list[bytes] = []  # commands queued, not sent yet
+        self._get_in_flight = False  # a GET was sent and its answer not read yet
 
     # -- connection ------------------------------------------------------
     def _connect(self) -> socket.socket:
@@ -140,6 +152,8 @@ class RespClient:
             except OSError:
                 pass
         self._sock, self._buf, self._pending = None, b"", 0
+        self._outbox = []
+        self._get_in_flight = False
 
     def _send(self, data: bytes) -> None:
         sock = self._sock or self._connect()
@@ -202,7 +216,29 @@ class RespClient:
 
     # -- commands ------------------------------------------------------------
     def get(self, key: str) -> bytes | None:
-        self._send(_command(b"GET", key.encode()))
+        """GET, sent together with any queued writes."""
+        self.send_get(key)
+        return self.read_get()
+
+    def send_get(self, key: str) -> None:
+        """Send a GET (and the queued writes) without waiting; :meth:`read_get` collects it."""
+        if self._get_in_flight:
+            self.read_get()  # an answer nobody collected: read it so replies stay in order
+        data = _command(b"GET", key.encode())
+        queued = len(self._outbox)
+        if queued:
+            self._outbox.append(data)
+            data = b"".join(self._outbox)
+            self._outbox = []
+        self._send(data)
+        self._pending += queued
+        self._get_in_flight = True
+
+    def read_get(self) -> bytes | None:
+        """The answer to the last :meth:`send_get`."""
+        if not self._get_in_flight:
+            raise RedisError("no GET in flight")
+        self._get_in_flight = False
         try:
             self._drain()
             return self._reply()
@@ -210,15 +246,34 @@ class RespClient:
             self.close()
             raise RedisError(str(exc)) from exc
 
-    def set_nowait(self, key: str, value: bytes, ttl: int) -> None:
-        self._send(_command(b"SET", key.encode(), value, b"EX", str(ttl).encode()))
-        self._pending += 1
+    def queue_set(self, key: str, value: bytes, ttl: int) -> None:
+        """SET key value EX ttl, sent with the next :meth:`flush` or :meth:`get`."""
+        self._outbox.append(_command(b"SET", key.encode(), value, b"EX", str(ttl).encode()))
+
+    @property
+    def queued(self) -> int:
+        return len(self._outbox)
+
+    def flush(self) -> None:
+        """Send the queued commands; read old replies when many are unread."""
+        if self._get_in_flight:
+            return  # replies must stay in order: the GET's answer is read first
+        if self._outbox:
+            queued = len(self._outbox)
+            data = b"".join(self._outbox)
+            self._outbox = []
+            self._send(data)
+            self._pending += queued
         if self._pending > 64:  # never let unread replies pile up
             try:
                 self._drain()
             except (RedisError, ValueError) as exc:
                 self.close()
                 raise RedisError(str(exc)) from exc
+
+    def set_nowait(self, key: str, value: bytes, ttl: int) -> None:
+        self.queue_set(key, value, ttl)
+        self.flush()
 
     def ping(self) -> bool:
         self._send(_command(b"PING"))
@@ -242,22 +297,41 @@ class IdentityCache:
         *,
         prefix: str = "ss:id:",
         freshness: int = 60,
+        flush_interval: float = 0.0,
         guard: RedisGuard | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl = cache_ttl(freshness)
+        self.flush_interval = flush_interval
         self.guard = guard if guard is not None else RedisGuard(client, what="Redis (identity cache)")  # type: ignore[arg-type]
         self.clock = clock
+        self.monotonic = monotonic
+        self._last_flush = -1e18
+        self._looking_up = False
 
     def key(self, call_id: str) -> str:
         return self.prefix + call_id
 
     def get(self, call_id: str, *, orig: str, dest: Sequence[str]) -> CachedIdentity | None:
+        self.lookup_start(call_id)
+        return self.lookup_finish(orig=orig, dest=dest)
+
+    def lookup_start(self, call_id: str) -> None:
+        """Ask Redis for the call's entry without waiting (sign meanwhile, then :meth:`lookup_finish`)."""
+        self._looking_up = False
         if self.client is None or not call_id:
+            return
+        self._looking_up = self.guard.call(self.client.send_get, self.key(call_id), default=False) is None
+
+    def lookup_finish(self, *, orig: str, dest: Sequence[str]) -> CachedIdentity | None:
+        """The entry asked for by :meth:`lookup_start`, if it is usable for this call."""
+        if not self._looking_up or self.client is None:
             return None
-        data = self.guard.call(self.client.get, self.key(call_id), default=None)
+        self._looking_up = False
+        data = self.guard.call(self.client.read_get, default=None)
         if data is None:
             return None
         cached = CachedIdentity.from_json(data)
@@ -270,4 +344,18 @@ class IdentityCache:
     def put(self, call_id: str, cached: CachedIdentity) -> None:
         if self.client is None or not call_id:
             return
-        self.guard.call(self.client.set_nowait, self.key(call_id), cached.to_json(), self.ttl)
+        self.client.queue_set(self.key(call_id), cached.to_json(), self.ttl)
+        self.flush_if_due()
+
+    def flush_if_due(self) -> None:
+        """Send queued writes when the batch interval has passed since the last send."""
+        client = self.client
+        if client is None or not client.queued:
+            return
+        now = self.monotonic()
+        if now - self._last_flush < self.flush_interval:
+            return
+        self._last_flush = now
+        self.guard.call(client.flush)
+        if not self.guard.available:
+            client.close()  # drop what could not be written

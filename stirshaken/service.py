@@ -111,9 +111,12 @@ class Service:
     def identity_cache(self, s: Settings) -> IdentityCache:
         client = self.resp_client(s)
         prefix, freshness = s.str("identity_cache_prefix"), s.int("freshness")
+        flush_ms = s.int("identity_cache_flush_ms")
         cache: IdentityCache = self._identity_cache.get(
-            (id(client), prefix, freshness),
-            lambda: IdentityCache(client, prefix=prefix, freshness=freshness, clock=self.clock),
+            (id(client), prefix, freshness, flush_ms),
+            lambda: IdentityCache(
+                client, prefix=prefix, freshness=freshness, flush_interval=flush_ms / 1000, clock=self.clock
+            ),
             "identity cache",
         )
         return cache
@@ -177,6 +180,15 @@ class Service:
             return Verifier(certificates=certificates, max_age=freshness, country_code=cc, clock=self.clock)
 
         return self._verifier.get(key, build, f"verifier (trust dir {key[0]})")
+
+    def flush_if_due(self) -> None:
+        """Send batched identity-cache writes that are due; call on every request. Never raises."""
+        cache = self._identity_cache.value
+        if cache is not None:
+            try:
+                cache.flush_if_due()
+            except Exception:  # noqa: BLE001
+                log.exception("identity cache flush failed")
 
     # -- verification --------------------------------------------------------
     def verify(
@@ -244,14 +256,18 @@ class Service:
             log.info("not signing (Call-ID %s): source %s is not trusted", call_id, source_ip)
             return None
         cache = self.identity_cache(s)
-        if s.int("identity_cache_lookup"):
-            hit = cache.get(call_id, orig=orig, dest=(dest,))
-            if hit is not None:
-                return Obtained(hit.identity, hit.date, "cache")
-        signer = self.signer(s)
-        if signer is None:
+        lookup = s.int("identity_cache_lookup")
+        if lookup:
+            cache.lookup_start(call_id)  # answered while we sign
+        try:
+            signer = self.signer(s)
+            signed = signer.sign(orig=orig, dest=[dest], attest=attest) if signer is not None else None
+        finally:
+            hit = cache.lookup_finish(orig=orig, dest=(dest,)) if lookup else None
+        if hit is not None:
+            return Obtained(hit.identity, hit.date, "cache")
+        if signed is None:
             return None
-        signed = signer.sign(orig=orig, dest=[dest], attest=attest)
         cache.put(
             call_id,
             CachedIdentity(

@@ -22,6 +22,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("freshness", 60, "freshness window in seconds: Date/iat check and identity cache lifetime"),
     _s("identity_cache_lookup", 1, "1: look the call up in the Redis identity cache before signing"),
     _s("identity_cache_prefix", "ss:id:", "Redis key prefix of the per-call identity cache"),
+    _s("identity_cache_flush_ms", 20, "writes to the identity cache are batched per worker for up to this long (0: write at once)"),
     # -- verification service --------------------------------------------
     _s("vs_enabled", 1, "1: verify the Identity of every incoming INVITE"),
     _s("vs_require_identity", 0, "1: answer 428 to an INVITE without Identity"),
@@ -115,6 +117,7 @@ GROUP = "stirshaken"
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+@functools.lru_cache(maxsize=64)
 def resolve_path(value: str, root: Path | None = None) -> str:
     """An absolute path for a setting value; relative ones are taken from the repository root."""
     if not value:
@@ -125,12 +128,17 @@ def resolve_path(value: str, root: Path | None = None) -> str:
     return str(path)
 
 
+_PARSED: dict[tuple[str, object], int | str] = {}
+"""(name, raw value) -> parsed value, per process: parsing is paid once per distinct value."""
+
+
 class Settings:
     """A read-through view of the settings for one message.
 
     ``reader(name)`` returns the raw value (the KEMI script passes a function
     that reads ``$sel(cfg_get.stirshaken.NAME)``); each name is read at most
-    once per view, so build one view per message.
+    once per view, so build one view per message.  This sits on the path of
+    every INVITE, hence the plain dict lookups.
     """
 
     __slots__ = ("_reader", "_values")
@@ -140,24 +148,27 @@ class Settings:
         self._values: dict[str, int | str] = {}
 
     def __getitem__(self, name: str) -> int | str:
-        try:
-            return self._values[name]
-        except KeyError:
-            value = BY_NAME[name].parse(self._reader(name))
+        value = self._values.get(name)
+        if value is None:
+            raw = self._reader(name)
+            key = (name, raw)
+            value = _PARSED.get(key)
+            if value is None:
+                value = BY_NAME[name].parse(raw)
+                if len(_PARSED) > 4096:
+                    _PARSED.clear()
+                _PARSED[key] = value
             self._values[name] = value
-            return value
-
-    def int(self, name: str) -> int:
-        value = self[name]
-        assert isinstance(value, int)
         return value
 
+    def int(self, name: str) -> int:
+        return self[name]  # type: ignore[return-value]
+
     def str(self, name: str) -> str:
-        value = self[name]
-        return value if isinstance(value, str) else str(value)
+        return self[name]  # type: ignore[return-value]
 
     def path(self, name: str) -> str:
-        return resolve_path(self.str(name))
+        return resolve_path(self[name])  # type: ignore[arg-type]
 
 
 def defaults() -> Settings:

@@ -26,6 +26,29 @@ def cache(redis_server: harness.RedisServer) -> IdentityCache:
     return IdentityCache(client, prefix="test:id:", freshness=60, clock=lambda: NOW + 5)
 
 
+def test_writes_are_batched_within_the_interval(redis_server: harness.RedisServer) -> None:
+    mono = [100.0]
+    client = RespClient(redis_server.url, timeout=0.2)
+    cache = IdentityCache(client, prefix="batch:", flush_interval=0.05, clock=lambda: NOW, monotonic=lambda: mono[0])
+    cache.put("one", entry())  # first write after a quiet period: sent at once
+    assert client.queued == 0
+    cache.put("two", entry())
+    cache.put("three", entry())
+    assert client.queued == 2 and redis_server.command("EXISTS", "batch:two") == b":0\r\n"
+    mono[0] += 0.06
+    cache.flush_if_due()
+    assert client.queued == 0
+    assert cache.get("three", orig="12155550121", dest=("12155550131",)) == entry()
+
+
+def test_a_read_carries_the_queued_writes(redis_server: harness.RedisServer) -> None:
+    client = RespClient(redis_server.url, timeout=0.2)
+    cache = IdentityCache(client, prefix="carry:", flush_interval=60, clock=lambda: NOW)
+    cache.put("a", entry())
+    cache.put("b", entry())
+    assert cache.get("b", orig="12155550121", dest=("12155550131",)) == entry()
+
+
 def test_put_then_get(cache: IdentityCache, redis_server: harness.RedisServer) -> None:
     cache.put("call-1", entry())
     got = cache.get("call-1", orig="12155550121", dest=("12155550131",))
@@ -102,3 +125,11 @@ def test_cached_identity_json_roundtrip() -> None:
     assert CachedIdentity.from_json(entry().to_json()) == entry()
     assert CachedIdentity.from_json(b"[]") is None
     assert CachedIdentity.from_json(b'{"identity": 1}') is None
+
+
+def test_uncollected_lookup_does_not_shift_answers(cache: IdentityCache) -> None:
+    cache.put("first", entry())
+    cache.client.flush()  # type: ignore[union-attr]
+    cache.lookup_start("first")  # never finished (e.g. signing raised)
+    cache.lookup_start("second")
+    assert cache.lookup_finish(orig="12155550121", dest=("12155550131",)) is None  # "second" is not stored

@@ -56,6 +56,9 @@ class StubService:
             raise RuntimeError("boom in verify")
         return self.verdict
 
+    def flush_if_due(self) -> None:
+        pass
+
     def obtain(self, s: Any, **kwargs: Any) -> Obtained | None:
         self.obtain_calls.append({"provider": s.str("provider"), **kwargs})
         if self.raise_in == "obtain":

@@ -1,0 +1,152 @@
+"""SIP path benchmark: Kamailio CPU per call, as ratios to a plain relay, all in one run.
+
+Cases (same machine, same loopback, same SIPp caller and vendor, same rate):
+
+  (a) plain relay, no STIR            bench/kamailio-baseline.cfg (native cfg)
+  (b) relay + secsipid signing        bench/kamailio-baseline.cfg -A WITH_SECSIPID
+  (c) this service signing locally    kamailio.cfg + KEMI, vendor entry "required"
+  (d) this service verifying          kamailio.cfg + KEMI, INVITEs carry a valid
+                                      Identity, certificate cache warm
+
+CPU per call = (utime + stime of every Kamailio process, after - before the
+SIPp run) / calls; start-up and the warm-up call are not counted.  The caller
+and vendor are SIPp on loopback at a fixed, sub-saturating rate.  Cases run
+in rounds, alternating, and the best round of each is kept, so that noise on a
+shared machine hits all cases alike.
+
+Goals (issue 3): (c) <= 1.25 x (a) and (c) < (b); (d) <= 1.4 x (a).
+
+Usage: .venv/bin/python bench/bench_sip.py [--rate 300] [--calls 3000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from stirshaken.pki import ensure_test_pki  # noqa: E402
+from stirshaken.signer import Signer  # noqa: E402
+from tests import harness  # noqa: E402
+
+BASELINE_CFG = REPO / "bench" / "kamailio-baseline.cfg"
+
+
+@dataclass
+class Case:
+    key: str
+    title: str
+    cfg: Path
+    extra_defines: dict[str, str]
+    attrs: str
+    signed_invites: bool
+
+
+@dataclass
+class Measure:
+    calls: int
+    ok: int
+    cpu_us_per_call: float
+
+
+def run_case(case: Case, args: argparse.Namespace, work: Path, pki, cert_server, redis) -> Measure:  # type: ignore[no-untyped-def]
+    q = harness.cfg_string
+    cdir = work / f"{case.key}-{time.monotonic_ns()}"
+    cdir.mkdir()
+    with harness.uas("vendor/uas.xml", cdir) as vendor:
+        dispatcher = harness.write_dispatcher_list(cdir / "dispatcher.list", [harness.Vendor(vendor.port, case.attrs)])
+        defines = {
+            "SS_DISPATCHER_LIST": q(str(dispatcher)),
+            "SS_REDIS_URL": q(redis.url),
+            "SS_AS_KEY_PATH": q(str(pki.key)),
+            "SS_AS_CERT_PATH": q(str(pki.cert)),
+            "SS_AS_X5U": q(cert_server.url("sp.pem")),
+            "SS_VS_TRUST_DIR": q(str(pki.trust_dir)),
+            "SS_VS_TLS_CA_FILE": q(str(pki.root)),
+            "SS_VS_X5U_PORTS": q(f"443,8443,{cert_server.port}"),
+            "SS_LOG_LEVEL": "1",
+            **case.extra_defines,
+        }
+        kamailio = harness.Kamailio(cdir, defines=defines, cfg=case.cfg, workers=args.workers)
+        kamailio.start()
+        try:
+            headers: list[str] = []
+            if case.signed_invites:
+                signer = Signer.from_files(key_path=pki.key, x5u=cert_server.url("sp.pem"), cert_path=pki.cert)
+                signed = signer.sign(orig="12155550121", dest=["12155550131"], attest="A")
+                headers = [f"P-Asserted-Identity: <sip:+12155550121@127.0.0.1>", f"Identity: {signed.identity}",
+                           f"Date: {signed.date}"]
+            warm = harness.run_uac(kamailio.port, cdir, headers=headers, calls=20, rate=20)
+            if warm.finals.count("200") != 20:
+                raise RuntimeError(f"{case.key}: warm-up calls failed: {warm.finals}\n{warm.log}")
+            pids = kamailio.pids()
+            before = harness.cpu_seconds(pids)
+            result = harness.run_uac(kamailio.port, cdir, headers=headers, calls=args.calls, rate=args.rate,
+                                     timeout=args.calls / args.rate + 60, extra=["-l", "2000"])
+            after = harness.cpu_seconds(pids)
+        finally:
+            kamailio.stop()
+    ok = result.finals.count("200")
+    return Measure(args.calls, ok, (after - before) / args.calls * 1e6)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=300, help="calls per second (sub-saturating)")
+    parser.add_argument("--calls", type=int, default=3000, help="calls per case and round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=4, help="Kamailio UDP workers, same for every case")
+    args = parser.parse_args()
+
+    cases = [
+        Case("a", "plain relay, no STIR", BASELINE_CFG, {}, "", False),
+        Case("b", "relay + secsipid signing", BASELINE_CFG, {"WITH_SECSIPID": "1"}, "", False),
+        Case("c", "this service, signing locally", REPO / "kamailio.cfg", {},
+             "ss_enabled=1;ss_policy=required", False),
+        Case("d", "this service, verifying (warm cache)", REPO / "kamailio.cfg", {},
+             "ss_enabled=1;ss_policy=supported", True),
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench-sip-") as tmp:
+        work = Path(tmp)
+        pki = ensure_test_pki(work / "pki")
+        redis = harness.RedisServer(work / "redis").start()
+        cert_server = harness.CertServer(pki.out_dir, work / "certserver").start()
+        best: dict[str, Measure] = {}
+        try:
+            for round_no in range(1, args.rounds + 1):
+                for case in cases:
+                    m = run_case(case, args, work, pki, cert_server, redis)
+                    print(f"round {round_no} ({case.key}) {case.title}: {m.cpu_us_per_call:.0f} us/call, "
+                          f"{m.ok}/{m.calls} answered 200", flush=True)
+                    if m.ok < m.calls * 0.99:
+                        print(f"  warning: {m.calls - m.ok} calls failed; rate too high for this machine?")
+                    if case.key not in best or m.cpu_us_per_call < best[case.key].cpu_us_per_call:
+                        best[case.key] = m
+        finally:
+            cert_server.stop()
+            redis.stop()
+
+    base = best["a"].cpu_us_per_call
+    print()
+    print(f"Kamailio CPU per call at {args.rate:g} calls/s, {args.calls} calls, best of {args.rounds} rounds, "
+          f"{args.workers} workers:")
+    print(f"{'case':<44} {'us/call':>8} {'x (a)':>7}")
+    for case in cases:
+        m = best[case.key]
+        print(f"({case.key}) {case.title:<40} {m.cpu_us_per_call:8.0f} {m.cpu_us_per_call / base:7.2f}")
+    c, b, d = (best[k].cpu_us_per_call for k in "cbd")
+    print()
+    print(f"goal (c) <= 1.25 x (a): {'met' if c <= 1.25 * base else 'NOT met'} ({c / base:.2f})")
+    print(f"goal (c) < (b):         {'met' if c < b else 'NOT met'} ({c / base:.2f} vs {b / base:.2f})")
+    print(f"goal (d) <= 1.4 x (a):  {'met' if d <= 1.4 * base else 'NOT met'} ({d / base:.2f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
