@@ -44,6 +44,7 @@ import logging
 import os
 import site
 import sys
+import time
 
 
 def _use_project_venv() -> str | None:
@@ -64,10 +65,13 @@ VENV_SITE_PACKAGES = _use_project_venv()
 
 import KSR  # noqa: E402  (provided by app_python3; a fake in unit tests)
 
-from stirshaken.policy import Action, after_obtain, decide, parse_entry_attrs  # noqa: E402
+from stirshaken.policy import Action, EntryPolicy, after_obtain, decide, parse_entry_attrs  # noqa: E402
 from stirshaken.service import Obtained, Service  # noqa: E402
 from stirshaken.settings import BY_NAME, GROUP, Settings  # noqa: E402
 from stirshaken.verstat import with_verstat  # noqa: E402
+
+SETTINGS_REFRESH = 1.0
+"""Seconds a process keeps the stirshaken.* values it read (a live change applies within this)."""
 
 EXIT = -255
 """Return value meaning "stop processing this message" (no KSR.x.exit in Python)."""
@@ -168,6 +172,19 @@ def _call_id() -> str:
     return _gete("$ci")
 
 
+_ENTRY_POLICIES: dict[object, EntryPolicy] = {}
+
+
+def _entry_policy(attrs: object) -> EntryPolicy:
+    """parse_entry_attrs, memoised: a routing group has a handful of distinct attrs strings."""
+    entry = _ENTRY_POLICIES.get(attrs)
+    if entry is None:
+        if len(_ENTRY_POLICIES) > 1024:
+            _ENTRY_POLICIES.clear()
+        entry = _ENTRY_POLICIES[attrs] = parse_entry_attrs(None if attrs is None else str(attrs))
+    return entry
+
+
 def _read_setting(name: str) -> object:
     return KSR.pv.get(SETTING_PVS[name])
 
@@ -180,9 +197,24 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         # the Identity decision for the branch t_relay is about to create
         # (branch routes run synchronously inside t_relay, in this process)
         self.plan: tuple[str, Action, Obtained | None] | None = None
+        self._settings = Settings(_read_setting)
+        self._settings_at = -1e18
 
     def child_init(self, rank: int) -> int:
         return 0
+
+    def settings(self) -> Settings:
+        """The stirshaken.* values, read lazily and kept for SETTINGS_REFRESH seconds.
+
+        Reading a cfg parameter is a KSR call; an INVITE needs about twenty.
+        A process re-reads them at most once per SETTINGS_REFRESH, so a
+        ``kamcmd cfg.set_now_*`` change applies within that time.
+        """
+        now = time.monotonic()
+        if now - self._settings_at >= SETTINGS_REFRESH:
+            self._settings = Settings(_read_setting)
+            self._settings_at = now
+        return self._settings
 
     # -- equivalent of request_route{} --------------------------------------
     def ksr_request_route(self, msg: object) -> int:
@@ -232,7 +264,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
 
     # -- equivalent of route[INVITE]: verification, then the first attempt ----
     def ksr_route_invite(self) -> int:
-        s = Settings(_read_setting)
+        s = self.settings()
         call_id = _call_id()
         identities = _header_values("Identity")
         rx_usable = False
@@ -289,7 +321,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             found = KSR.dispatcher.ds_next_dst() > 0
         can_obtain = s.str("provider") != "disabled"
         while found:
-            entry = parse_entry_attrs(KSR.pv.get(ENTRY_ATTRS_PV))
+            entry = _entry_policy(KSR.pv.get(ENTRY_ATTRS_PV))
             obtained = self._call_identity_obtained()
             has_identity = obtained is not None or KSR.pv.get(AVP_RX_USABLE) == 1
             action = decide(entry, has_identity=has_identity, can_obtain=can_obtain)
@@ -357,7 +389,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 return EXIT
             if not (KSR.tm.t_check_status(FAILOVER_STATUS) > 0 or KSR.tm.t_branch_timeout() > 0):
                 return EXIT  # e.g. 486 Busy: the caller gets it
-            s = Settings(_read_setting)
+            s = self.settings()
             self.ksr_route_attempts(s, first=False)
             # nothing left: tm relays the best reply received
             return 1

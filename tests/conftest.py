@@ -21,6 +21,7 @@ import importlib.util
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -36,6 +37,7 @@ FAKE_KSR = FakeKSR()
 sys.modules["KSR"] = FAKE_KSR  # type: ignore[assignment]
 
 KEMI_SCRIPT = harness.REPO / "kemi" / "kamailio_stirshaken.py"
+SETTINGS_REFRESH = 1.0  # kemi/kamailio_stirshaken.py: seconds a worker keeps the values it read
 
 
 def load_kemi() -> ModuleType:
@@ -139,7 +141,11 @@ def kamailio(real_parts_available: None, pki, cert_server, redis_server, workdir
 
 @pytest.fixture
 def tune(kamailio: harness.Kamailio) -> Iterator[Callable[..., None]]:
-    """``tune(name=value, ...)`` sets stirshaken.* live; the old values come back after the test."""
+    """``tune(name=value, ...)`` sets stirshaken.* live; the old values come back after the test.
+
+    Workers re-read the values at most once per SETTINGS_REFRESH (1 s), so
+    tune() waits that long before returning.
+    """
     from stirshaken.settings import BY_NAME
 
     original: dict[str, int | str] = {}
@@ -149,10 +155,13 @@ def tune(kamailio: harness.Kamailio) -> Iterator[Callable[..., None]]:
             if name not in original:
                 original[name] = kamailio.get_cfg(name, BY_NAME[name].kind)
             kamailio.set_cfg(name, value)
+        time.sleep(SETTINGS_REFRESH + 0.1)
 
     yield set_values
     for name, value in original.items():
         kamailio.set_cfg(name, value)
+    if original:
+        time.sleep(SETTINGS_REFRESH + 0.1)
 
 
 @pytest.fixture

@@ -92,6 +92,7 @@ DISABLED = "ss_enabled=1;ss_policy=disabled"
 def handler(ksr: FakeKSR, kemi: ModuleType) -> Any:
     h = kemi.mod_init()
     h.service = StubService()
+    h.settings = lambda: kemi.Settings(kemi._read_setting)  # fresh values for every message
     ksr.handler = h
     ksr.settings = {s.name: s.default for s in SETTINGS}
     return h
@@ -381,3 +382,21 @@ def test_fake_refuses_what_the_script_does_not_use(ksr: FakeKSR) -> None:
         ksr.hdr.append("X-No-CRLF: 1")
     with pytest.raises(UnexpectedCall):
         ksr.textops.remove_hf("X")  # type: ignore[attr-defined]
+
+
+def test_settings_are_kept_for_the_refresh_period(ksr: FakeKSR, kemi: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(kemi.time, "monotonic", lambda: now[0])
+    h = kemi.kamailio()
+    ksr.settings = {"provider": "local"}
+    assert h.settings().str("provider") == "local"
+    ksr.settings = {"provider": "disabled"}
+    assert h.settings().str("provider") == "local"
+    now[0] += kemi.SETTINGS_REFRESH
+    assert h.settings().str("provider") == "disabled"
+
+
+def test_cfg_and_kemi_agree_on_the_refresh_period(kemi: ModuleType) -> None:
+    from tests.conftest import SETTINGS_REFRESH
+
+    assert kemi.SETTINGS_REFRESH == SETTINGS_REFRESH
