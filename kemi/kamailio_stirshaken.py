@@ -41,6 +41,8 @@ the best reply" in the failure route, "strip Identity" in the branch route);
 from __future__ import annotations
 
 import logging
+import uuid
+from dataclasses import dataclass
 import os
 import site
 import sys
@@ -65,8 +67,11 @@ VENV_SITE_PACKAGES = _use_project_venv()
 
 import KSR  # noqa: E402  (provided by app_python3; a fake in unit tests)
 
+from stirshaken.as302 import Outcome, interpret_as_reply, interpret_vs_reply  # noqa: E402
+from stirshaken.external import ExternalServices  # noqa: E402
 from stirshaken.policy import Action, EntryPolicy, after_obtain, decide, parse_entry_attrs  # noqa: E402
 from stirshaken.service import Obtained, Service  # noqa: E402
+from stirshaken.verifier import NO_TN_VALIDATION, Verdict  # noqa: E402
 from stirshaken.settings import BY_NAME, GROUP, Settings  # noqa: E402
 from stirshaken.verstat import with_verstat  # noqa: E402
 
@@ -90,6 +95,20 @@ AVP_RX_USABLE = "$avp(ss_rx_usable)"  # 1: the received Identity may be passed o
 AVP_IDENTITY = "$avp(ss_identity)"  # Identity obtained for this call
 AVP_DATE = "$avp(ss_date)"  # ... and the Date it was signed with
 SHV_REDIS_DOWN = "$shv(ss_redis_down)"  # shared by all processes: outage already logged
+# the external 302 services: one request outstanding at a time per call
+AVP_EXT_PHASE = "$avp(ss_ext_phase)"  # "as" or "vs" while a 302 service is being asked
+AVP_EXT_INDEX = "$avp(ss_ext_index)"  # index of that host in its list
+AVP_EXT_HOST = "$avp(ss_ext_host)"  # its host:port, the key of its circuit breaker
+AVP_EXT_DEADLINE = "$avp(ss_ext_deadline)"  # end of the call's budget (epoch seconds)
+AVP_OBTAIN_FAILED = "$avp(ss_obtain_failed)"  # 1: the AS gave this call no Identity; not asked again
+HTABLE_BREAKERS = "ss_breaker"  # kamailio.cfg: shared by every worker of this node
+
+VS_UNAVAILABLE = Verdict(
+    verstat=NO_TN_VALIDATION,
+    sip_status=503,
+    reason="Verification Service Unavailable",
+    detail="no Verification Service answered within the budget",
+)
 
 SETTING_PVS = {name: f"$sel(cfg_get.{GROUP}.{name})" for name in BY_NAME}
 
@@ -189,14 +208,40 @@ def _read_setting(name: str) -> object:
     return KSR.pv.get(SETTING_PVS[name])
 
 
+def _reply_header(name: str) -> str | None:
+    """A header of the reply that ended the failed branch (None after a timeout)."""
+    value = KSR.pv.get(f"$T_rpl($hdr({name}))")
+    return None if value is None else str(value)
+
+
+class _HtableBreakers:
+    """Circuit-breaker states in Kamailio's shared htable (stirshaken.external.BreakerStore)."""
+
+    def get(self, key: str) -> str | None:
+        value = KSR.htable.sht_get(HTABLE_BREAKERS, key)
+        return None if value is None else str(value)
+
+    def set(self, key: str, value: str) -> None:
+        KSR.htable.sht_sets(HTABLE_BREAKERS, key, value)
+
+
+@dataclass(frozen=True, slots=True)
+class ExternalRequest:
+    """How the branch to a 302 service differs from the call's INVITE."""
+
+    remove: tuple[str, ...]
+    add: tuple[tuple[str, str], ...]
+
+
 class kamailio:  # noqa: N801 - the name app_python3's examples use
     """The handler object; Kamailio calls its methods by name."""
 
     def __init__(self) -> None:
         self.service = Service()
+        self.external = ExternalServices(_HtableBreakers())
         # the Identity decision for the branch t_relay is about to create
         # (branch routes run synchronously inside t_relay, in this process)
-        self.plan: tuple[str, Action, Obtained | None] | None = None
+        self.plan: tuple[str, Action | ExternalRequest, Obtained | None] | None = None
         self._settings = Settings(_read_setting)
         self._settings_at = -1e18
 
@@ -265,77 +310,135 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
     # -- equivalent of route[INVITE]: verification, then the first attempt ----
     def ksr_route_invite(self) -> int:
         s = self.settings()
-        call_id = _call_id()
+        if s.int("as_server"):
+            return self.ksr_route_as_server(s)
         identities = _header_values("Identity")
-        rx_usable = False
-        verstat: str | None = None
-        if s.int("vs_enabled"):
-            if identities:
+        verdict = None
+        KSR.rr.record_route()
+        if s.int("vs_enabled") and identities:
+            if s.str("vs_provider") == "vs302":
+                if self._ask_external(s, "vs", after=-1):
+                    return 1  # the failure route takes the VS answer from here
+                verdict = VS_UNAVAILABLE
+            else:
                 verdict = self.service.verify(
                     s,
-                    call_id=call_id,
+                    call_id=_call_id(),
                     identities=identities,
                     date=KSR.pv.get("$hdr(Date)"),
                     orig_uri=self._calling_uri(),
                     dest_uri=_gete("$tu"),
                 )
-                verstat = verdict.verstat
-                if verdict.passed:
+        if not self._apply_verdict(s, verdict, identities):
+            return EXIT
+        if self.ksr_route_attempts(s, first=True):
+            return 1
+        self._reply(503, "No Usable Route")
+        return EXIT
+
+    def _apply_verdict(self, s: Settings, verdict: object, identities: list[str]) -> bool:
+        """verstat, Reason and what may be passed on; False when the call was rejected.
+
+        ``verdict`` is None when nothing was verified (no Identity, or
+        verification disabled). Used after local and external verification.
+        """
+        call_id = _call_id()
+        rx_usable = False
+        verstat: str | None = None
+        if s.int("vs_enabled"):
+            if verdict is not None:
+                verstat = verdict.verstat  # type: ignore[attr-defined]
+                if verdict.passed:  # type: ignore[attr-defined]
                     rx_usable = True
                 else:
+                    status, reason = verdict.sip_status, verdict.reason  # type: ignore[attr-defined]
                     KSR.info(
                         f"stirshaken: Identity failed verification (Call-ID {call_id}): "
-                        f"{verdict.sip_status} {verdict.detail}\n"
+                        f"{status} {verdict.detail}\n"  # type: ignore[attr-defined]
                     )
-                    if s.str("vs_failure_action") == "reject" and verdict.sip_status < 500:
-                        KSR.sl.sl_send_reply(verdict.sip_status, verdict.reason)
-                        return EXIT
-                    if s.int("vs_reason_header") and verdict.reason_header:
-                        _append_header("Reason", verdict.reason_header)
+                    if s.str("vs_failure_action") == "reject" and status < 500:
+                        self._reply(status, reason)
+                        return False
+                    if s.int("vs_reason_header") and verdict.reason_header:  # type: ignore[attr-defined]
+                        _append_header("Reason", verdict.reason_header)  # type: ignore[attr-defined]
                     rx_usable = bool(s.int("vs_pass_failed_identity"))
             else:
                 if s.int("vs_require_identity"):
-                    KSR.sl.sl_send_reply(428, "Use Identity Header")
-                    return EXIT
-                verstat = "No-TN-Validation"
+                    self._reply(428, "Use Identity Header")
+                    return False
+                verstat = NO_TN_VALIDATION
             placement = s.str("vs_verstat_placement")
             if verstat and placement != "none":
                 self._place_verstat(verstat, placement)
         else:
             rx_usable = bool(identities)  # not verified here: passed on as received
         KSR.pv.seti(AVP_RX_USABLE, 1 if (rx_usable and identities) else 0)
+        return True
 
-        KSR.rr.record_route()
-        if self.ksr_route_attempts(s, first=True):
-            return 1
-        self._reply(503, "No Usable Route")
+    # -- equivalent of route[AS_SERVER]: this service as a 302 STI-AS ----------
+    def ksr_route_as_server(self, s: Settings) -> int:
+        """Answer a signing request (302 + Identity + Date, 404, 403); never forward it."""
+        server = self.service.as_server(s)
+        if server is None:
+            self._reply(503, "Service Unavailable")
+            return EXIT
+        hint_header = s.str("as302_attest_header")
+        answer = server.answer(
+            source_ip=_gete("$si"),
+            request_uri=_gete("$ru"),
+            from_uri=_gete("$fu"),
+            to_uri=_gete("$tu"),
+            p_asserted_identity=_gete("$ai") or None,
+            attest_hint=KSR.pv.get(f"$hdr({hint_header})") if hint_header else None,
+        )
+        KSR.tm.t_newtran()  # retransmissions get the same answer, not a new signature
+        for name, value in answer.headers:
+            KSR.hdr.append_to_reply(f"{name}: {value}\r\n")
+        KSR.tm.t_reply(answer.status, answer.reason)
         return EXIT
 
     # -- equivalent of route[ATTEMPTS]: the per-entry policy loop -------------
-    def ksr_route_attempts(self, s: Settings, *, first: bool) -> bool:
-        """Relay to the first usable entry from here on; False when none is left."""
+    def ksr_route_attempts(self, s: Settings, *, first: bool, resume: bool = False) -> bool:
+        """Relay to the first usable entry from here on; False when none is left.
+
+        ``resume`` re-enters at the current entry, after an Authentication
+        Service answered (its request went out in this entry's place).
+        """
         call_id = _call_id()
-        if first:
+        provider = s.str("provider")
+        if resume:
+            found = True
+            KSR.pv.sets("$du", _gete(ENTRY_URI_PV))
+        elif first:
             found = KSR.dispatcher.ds_select_dst(s.int("route_group"), DS_ALG_PRIORITY) > 0
         else:
             found = KSR.dispatcher.ds_next_dst() > 0
-        can_obtain = s.str("provider") != "disabled"
+        can_obtain = provider != "disabled" and KSR.pv.get(AVP_OBTAIN_FAILED) != 1
         while found:
             entry = _entry_policy(KSR.pv.get(ENTRY_ATTRS_PV))
             obtained = self._call_identity_obtained()
             has_identity = obtained is not None or KSR.pv.get(AVP_RX_USABLE) == 1
             action = decide(entry, has_identity=has_identity, can_obtain=can_obtain)
             if action is Action.OBTAIN:
-                obtained = self.service.obtain(
-                    s,
-                    call_id=call_id,
-                    source_ip=_gete("$si"),
-                    orig_uri=self._calling_uri(),
-                    dest_uri=_gete("$tu"),
-                )
-                if obtained is not None:
-                    KSR.pv.sets(AVP_IDENTITY, obtained.identity)
-                    KSR.pv.sets(AVP_DATE, obtained.date)
+                if provider == "as302":
+                    obtained = self._cached_identity(s, call_id)
+                    if obtained is None:
+                        if self._ask_external(s, "as", after=-1):
+                            return True  # the failure route resumes at this entry
+                        KSR.pv.seti(AVP_OBTAIN_FAILED, 1)
+                        KSR.pv.sets("$du", _gete(ENTRY_URI_PV))
+                        can_obtain = False
+                else:
+                    obtained = self.service.obtain(
+                        s,
+                        call_id=call_id,
+                        source_ip=_gete("$si"),
+                        orig_uri=self._calling_uri(),
+                        dest_uri=_gete("$tu"),
+                    )
+                    if obtained is not None:
+                        KSR.pv.sets(AVP_IDENTITY, obtained.identity)
+                        KSR.pv.sets(AVP_DATE, obtained.date)
                 action = after_obtain(entry, obtained=obtained is not None)
             if action is not Action.SKIP:
                 self.plan = (call_id, action, obtained)
@@ -364,6 +467,13 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 KSR.hdr.remove("Identity")
                 return 1
             _, action, obtained = plan
+            if isinstance(action, ExternalRequest):
+                for name in action.remove:
+                    if KSR.hdr.is_present(name) > 0:
+                        KSR.hdr.remove(name)
+                for name, value in action.add:
+                    _append_header(name, value)
+                return 1
             if action is Action.SEND_WITH_IDENTITY and obtained is None:
                 return 1  # the received, verified Identity goes on as it came
             if KSR.hdr.is_present("Identity") > 0:
@@ -387,6 +497,9 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         try:
             if KSR.tm.t_is_canceled() > 0:
                 return EXIT
+            phase = _gete(AVP_EXT_PHASE)
+            if phase:
+                return self.ksr_route_external_answer(phase)
             if not (KSR.tm.t_check_status(FAILOVER_STATUS) > 0 or KSR.tm.t_branch_timeout() > 0):
                 return EXIT  # e.g. 486 Busy: the caller gets it
             s = self.settings()
@@ -396,6 +509,147 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         except Exception as exc:  # noqa: BLE001
             KSR.err(f"stirshaken: failure route failed (Call-ID {_call_id()}): {_describe(exc)}\n")
             return EXIT
+
+    # -- the external 302 services ---------------------------------------------
+    # Why the transaction layer: the request to an AS/VS is relayed as a branch
+    # of the call's own transaction (with a fresh Call-ID of its own, set in
+    # the branch route), and its answer -- 302, 404, 603, or tm's timeout --
+    # arrives in the failure route, which then relays to the vendor. No worker
+    # ever waits: a black-holed AS holds only a transaction and a tm timer, so
+    # calls that need no AS flow at full rate. Suspending the transaction and
+    # sending a separate UAC request (uac_req_send + t_continue) would do the
+    # same with two transactions, an extra event route and no per-host timer.
+    def _ask_external(self, s: Settings, kind: str, *, after: int) -> bool:
+        """Relay the call's INVITE to the next 302 service host; False when none is left."""
+        call_id = _call_id()
+        now = time.time()
+        if after < 0:
+            deadline = now + max(0, s.int("as302_budget_ms")) / 1000
+            KSR.pv.sets(AVP_EXT_DEADLINE, repr(deadline))
+        else:
+            try:
+                deadline = float(_gete(AVP_EXT_DEADLINE))
+            except ValueError:
+                deadline = now
+        request = self._external_request(s, kind)
+        while True:
+            attempt = self.external.attempt(s, kind, after=after, now=now, deadline=deadline)
+            if attempt is None:
+                return False
+            KSR.pv.sets(AVP_EXT_PHASE, kind)
+            KSR.pv.seti(AVP_EXT_INDEX, attempt.index)
+            KSR.pv.sets(AVP_EXT_HOST, attempt.host.key)
+            KSR.pv.sets("$du", attempt.host.uri)
+            self.plan = (call_id, request, None)
+            KSR.tm.t_on_branch(BRANCH_ROUTE)
+            KSR.tm.t_on_failure(FAILURE_ROUTE)
+            KSR.tm.t_set_fr(attempt.timeout_ms, attempt.timeout_ms)
+            relayed = KSR.tm.t_relay() > 0
+            self.plan = None
+            if relayed:
+                return True
+            KSR.warn(f"stirshaken: relay to 302 service {attempt.host.key} failed (Call-ID {call_id})\n")
+            self.external.record(s, attempt.host.key, failed=True, now=now)
+            KSR.pv.unset(AVP_EXT_PHASE)
+            after = attempt.index
+
+    def _external_request(self, s: Settings, kind: str) -> ExternalRequest:
+        """The signing (as) or verification (vs) request: the call's INVITE with its own Call-ID."""
+        remove: list[str] = ["Call-ID"]
+        add: list[tuple[str, str]] = [("Call-ID", f"{uuid.uuid4().hex}@stirshaken")]
+        if kind == "as":
+            remove.append("Identity")  # an unusable received one is not the AS's business
+            orig, _ = self.service.parties(s, orig_uri=self._calling_uri(), dest_uri="")
+            hint_header = s.str("as302_attest_header")
+            if hint_header and orig:
+                policy = self.service.attestation(s)
+                attest = policy.attest(_gete("$si"), orig) if policy is not None else None
+                if attest:
+                    add.append((hint_header, attest))
+            if s.str("as302_orig_header") == "pai" and orig:
+                remove.append("P-Asserted-Identity")
+                add.append(("P-Asserted-Identity", f"<sip:+{orig}@{_gete('$fd') or 'invalid'}>"))
+        return ExternalRequest(remove=tuple(remove), add=tuple(add))
+
+    def ksr_route_external_answer(self, kind: str) -> int:
+        """The answer (or timeout) of a 302 service; then on to the vendors."""
+        s = self.settings()
+        call_id = _call_id()
+        KSR.pv.unset(AVP_EXT_PHASE)
+        now = time.time()
+        status = 408 if KSR.tm.t_branch_timeout() > 0 else int(KSR.pv.get("$T_reply_code") or 408)
+        host_key = _gete(AVP_EXT_HOST)
+        index = int(KSR.pv.get(AVP_EXT_INDEX) or 0)
+        if kind == "as":
+            orig, dest = self.service.parties(s, orig_uri=self._calling_uri(), dest_uri=_gete("$tu"))
+            result = interpret_as_reply(
+                status,
+                identity=_reply_header("Identity"),
+                x_identity=_reply_header("X-Identity"),
+                date=_reply_header("Date"),
+                x_date=_reply_header("X-Date"),
+                orig=orig or "",
+                dest=[dest] if dest else [],
+                now=int(now),
+                max_age=s.int("freshness"),
+                country_code=s.str("country_code"),
+            )
+        else:
+            result = interpret_vs_reply(  # type: ignore[assignment]
+                status,
+                p_asserted_identity=_reply_header("P-Asserted-Identity"),
+                from_=_reply_header("From"),
+                reason=_reply_header("Reason"),
+            )
+        self.external.record(s, host_key, failed=result.host_failed, now=now)
+        KSR.info(f"stirshaken: 302 service {host_key}: {result.detail} (Call-ID {call_id})\n")
+        if result.host_failed and self._ask_external(s, kind, after=index):
+            return 1
+        if kind == "as":
+            return self._after_as_answer(s, result, orig, dest)
+        return self._after_vs_answer(s, result)
+
+    def _after_as_answer(self, s: Settings, result: object, orig: str | None, dest: str | None) -> int:
+        outcome = result.outcome  # type: ignore[attr-defined]
+        if outcome is Outcome.SIGNED and orig and dest:
+            identity, date = result.identity, result.date  # type: ignore[attr-defined]
+            KSR.pv.sets(AVP_IDENTITY, identity)
+            KSR.pv.sets(AVP_DATE, date)
+            self.service.remember_identity(
+                s, call_id=_call_id(), identity=identity, date=date, iat=result.iat,  # type: ignore[attr-defined]
+                orig=orig, dest=dest, attest=result.attest or "",  # type: ignore[attr-defined]
+            )
+        elif outcome is Outcome.REFUSED and s.str("as302_refused_action") == "block":
+            self._reply(603, "Decline")
+            return EXIT
+        else:
+            KSR.pv.seti(AVP_OBTAIN_FAILED, 1)
+        if self.ksr_route_attempts(s, first=False, resume=True):
+            return 1
+        self._reply(503, "No Usable Route")  # never the AS's 302: it is not the call's answer
+        return EXIT
+
+    def _after_vs_answer(self, s: Settings, result: object) -> int:
+        verdict = result.verdict or VS_UNAVAILABLE  # type: ignore[attr-defined]
+        if result.outcome is Outcome.REFUSED:  # type: ignore[attr-defined]
+            self._reply(603, verdict.reason)
+            return EXIT
+        if not self._apply_verdict(s, verdict, _header_values("Identity")):
+            return EXIT
+        if self.ksr_route_attempts(s, first=True):
+            return 1
+        self._reply(503, "No Usable Route")
+        return EXIT
+
+    def _cached_identity(self, s: Settings, call_id: str) -> Obtained | None:
+        orig, dest = self.service.parties(s, orig_uri=self._calling_uri(), dest_uri=_gete("$tu"))
+        if not orig or not dest:
+            return None
+        obtained = self.service.cached_identity(s, call_id=call_id, orig=orig, dest=dest)
+        if obtained is not None:
+            KSR.pv.sets(AVP_IDENTITY, obtained.identity)
+            KSR.pv.sets(AVP_DATE, obtained.date)
+        return obtained
 
     # -- helpers ---------------------------------------------------------------
     def _calling_uri(self) -> str:

@@ -194,6 +194,7 @@ class AsResult:
     identity: str | None = None
     date: str | None = None
     iat: int | None = None
+    attest: str | None = None
 
     @property
     def host_failed(self) -> bool:
@@ -255,7 +256,12 @@ def interpret_as_reply(
         # RFC 8225 §5.1.1: iat is the Date; a verifier downstream needs one.
         date_value = format_sip_date(passport.iat)
     return AsResult(
-        outcome=Outcome.SIGNED, detail="signed", identity=value, date=date_value, iat=passport.iat
+        outcome=Outcome.SIGNED,
+        detail="signed",
+        identity=value,
+        date=date_value,
+        iat=passport.iat,
+        attest=passport.attest,
     )
 
 

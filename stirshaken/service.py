@@ -97,6 +97,7 @@ class Service:
         self._verifier = _Slot()
         self._redis = _Slot()
         self._identity_cache = _Slot()
+        self._as_server = _Slot()
 
     # -- building blocks ---------------------------------------------------
     def resp_client(self, s: Settings) -> RespClient | None:
@@ -275,3 +276,48 @@ class Service:
             ),
         )
         return Obtained(signed.identity, signed.date, "signed")
+
+    # -- the external 302 services (provider as302, vs_provider vs302) ---------
+    def parties(self, s: Settings, *, orig_uri: str, dest_uri: str) -> tuple[str | None, str | None]:
+        """The canonical calling and called numbers of a call (None when not numbers)."""
+        cc = s.str("country_code")
+        return (tn_from_uri(orig_uri, cc) if orig_uri else None, tn_from_uri(dest_uri, cc) if dest_uri else None)
+
+    def cached_identity(self, s: Settings, *, call_id: str, orig: str, dest: str) -> Obtained | None:
+        """The Identity another attempt or node already got for this call; never raises."""
+        if not s.int("identity_cache_lookup"):
+            return None
+        try:
+            hit = self.identity_cache(s).get(call_id, orig=orig, dest=(dest,))
+        except Exception:  # noqa: BLE001 - rule 2: a cache that fails is a miss
+            log.exception("identity cache lookup failed (Call-ID %s)", call_id)
+            return None
+        return None if hit is None else Obtained(hit.identity, hit.date, "cache")
+
+    def remember_identity(
+        self, s: Settings, *, call_id: str, identity: str, date: str, iat: int, orig: str, dest: str, attest: str
+    ) -> None:
+        """Cache an Identity obtained from an Authentication Service like a signed one; never raises."""
+        try:
+            self.identity_cache(s).put(
+                call_id,
+                CachedIdentity(identity=identity, date=date, iat=iat, orig=orig, dest=(dest,), attest=attest),
+            )
+        except Exception:  # noqa: BLE001 - rule 2
+            log.exception("identity cache write failed (Call-ID %s)", call_id)
+
+    def as_server(self, s: Settings) -> Any:
+        """This service as a 302 STI-AS (None when the signer or settings are unusable)."""
+        signer, policy = self.signer(s), self.attestation(s)
+        if signer is None or policy is None:
+            return None
+        allowed, x_headers, cc = s.str("as_server_allowed"), s.int("as_server_x_headers"), s.str("country_code")
+
+        def build() -> Any:
+            from .as302 import AsServer
+
+            return AsServer(
+                signer=signer, attest_for=policy.attest, allowed_sources=allowed, x_headers=bool(x_headers), country_code=cc
+            )
+
+        return self._as_server.get((id(signer), id(policy), allowed, x_headers, cc), build, "302 STI-AS")

@@ -216,6 +216,36 @@ def sip_options(port: int, timeout: float = 0.5) -> str | None:
         return data.split(b"\r\n", 1)[0].decode(errors="replace")
 
 
+def sip_invite(port: int, *, caller: str, callee: str, timeout: float = 5.0) -> str:
+    """Send one INVITE to 127.0.0.1:port and return the first final answer (ACKed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((LOOPBACK, 0))
+        s.settimeout(timeout)
+        lport = s.getsockname()[1]
+        branch = "z9hG4bK" + uuid.uuid4().hex
+        call_id, tag = uuid.uuid4().hex, uuid.uuid4().hex[:8]
+        head = (
+            f"Via: SIP/2.0/UDP {LOOPBACK}:{lport};branch={branch}\r\n"
+            f"From: <sip:{caller}@{LOOPBACK}>;tag={tag}\r\n"
+        )
+        s.sendto((
+            f"INVITE sip:{callee}@{LOOPBACK} SIP/2.0\r\n{head}To: <sip:{callee}@{LOOPBACK}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 INVITE\r\nContact: <sip:{caller}@{LOOPBACK}:{lport}>\r\n"
+            f"Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode(), (LOOPBACK, port))
+        while True:
+            data, _ = s.recvfrom(65535)
+            text = data.decode(errors="replace")
+            if not text.startswith("SIP/2.0 1"):
+                break
+        to = next((line for line in text.split("\r\n") if line.lower().startswith("to:")), "To: <>")
+        s.sendto((
+            f"ACK sip:{callee}@{LOOPBACK} SIP/2.0\r\n{head}{to}\r\nCall-ID: {call_id}\r\n"
+            f"CSeq: 1 ACK\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+        ).encode(), (LOOPBACK, port))
+        return text
+
+
 def cfg_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -369,14 +399,14 @@ def _sipp_base(scenario: str, workdir: Path, tag: str, port: int) -> list[str]:
 class SippUas:
     """A SIPp vendor (UAS) in the background; ``invites()`` are the INVITEs it received."""
 
-    def __init__(self, scenario: str, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, scenario: str, workdir: Path, port: int | None = None, extra: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         self.workdir = workdir
         self.tag = f"uas-{self.port}"
         self.messages = workdir / f"{self.tag}-messages.log"
         self.proc = Process(
             "sipp-uas",
-            _sipp_base(scenario, workdir, self.tag, self.port) + ["-bind_local", "-recv_timeout", "30000"],
+            _sipp_base(scenario, workdir, self.tag, self.port) + ["-bind_local", "-recv_timeout", "30000", *extra],
             workdir / f"{self.tag}.log",
             cwd=workdir,
         )
@@ -460,8 +490,8 @@ def header_values(message: str, name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def uas(scenario: str, workdir: Path) -> Iterator[SippUas]:
-    server = SippUas(scenario, workdir)
+def uas(scenario: str, workdir: Path, extra: Sequence[str] = ()) -> Iterator[SippUas]:
+    server = SippUas(scenario, workdir, extra=extra)
     try:
         yield server
     finally:
