@@ -185,6 +185,14 @@ def _entry_policy(attrs: object) -> EntryPolicy:
     return entry
 
 
+def _describe_identity(action: Action, obtained: Obtained | None) -> str:
+    if action is Action.SEND_WITHOUT_IDENTITY:
+        return "without Identity"
+    if obtained is None:
+        return "with the received Identity"
+    return f"with our Identity ({obtained.source})"
+
+
 def _read_setting(name: str) -> object:
     return KSR.pv.get(SETTING_PVS[name])
 
@@ -282,6 +290,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 verstat = verdict.verstat
                 if verdict.passed:
                     rx_usable = True
+                    KSR.info(f"stirshaken: Identity verified, attest {verdict.attest} (Call-ID {call_id})\n")
                 else:
                     KSR.info(
                         f"stirshaken: Identity failed verification (Call-ID {call_id}): "
@@ -338,6 +347,10 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                     KSR.pv.sets(AVP_DATE, obtained.date)
                 action = after_obtain(entry, obtained=obtained is not None)
             if action is not Action.SKIP:
+                KSR.info(
+                    f"stirshaken: to {_gete(ENTRY_URI_PV)} ({entry.policy.value}): "
+                    f"{_describe_identity(action, obtained)} (Call-ID {call_id})\n"
+                )
                 self.plan = (call_id, action, obtained)
                 KSR.tm.t_on_branch(BRANCH_ROUTE)
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
