@@ -204,6 +204,14 @@ def _entry_policy(attrs: object) -> EntryPolicy:
     return entry
 
 
+def _describe_identity(action: Action, obtained: Obtained | None) -> str:
+    if action is Action.SEND_WITHOUT_IDENTITY:
+        return "without Identity"
+    if obtained is None:
+        return "with the received Identity"
+    return f"with our Identity ({obtained.source})"
+
+
 def _read_setting(name: str) -> object:
     return KSR.pv.get(SETTING_PVS[name])
 
@@ -350,6 +358,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 verstat = verdict.verstat  # type: ignore[attr-defined]
                 if verdict.passed:  # type: ignore[attr-defined]
                     rx_usable = True
+                    KSR.info(f"stirshaken: Identity verified, attest {verdict.attest} (Call-ID {call_id})\n")
                 else:
                     status, reason = verdict.sip_status, verdict.reason  # type: ignore[attr-defined]
                     KSR.info(
@@ -441,6 +450,10 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                         KSR.pv.sets(AVP_DATE, obtained.date)
                 action = after_obtain(entry, obtained=obtained is not None)
             if action is not Action.SKIP:
+                KSR.info(
+                    f"stirshaken: to {_gete(ENTRY_URI_PV)} ({entry.policy.value}): "
+                    f"{_describe_identity(action, obtained)} (Call-ID {call_id})\n"
+                )
                 self.plan = (call_id, action, obtained)
                 KSR.tm.t_on_branch(BRANCH_ROUTE)
                 KSR.tm.t_on_failure(FAILURE_ROUTE)

@@ -64,13 +64,15 @@ def parse_trusted_sources(text: str) -> tuple[TrustedSource, ...]:
 class AttestationPolicy:
     """Decides A/B/C (or no signing) for a source address and calling number."""
 
-    __slots__ = ("sources", "other")
+    __slots__ = ("sources", "other", "_by_address")
 
     def __init__(self, sources: tuple[TrustedSource, ...], *, other: str | None) -> None:
         if other is not None and other != "C":
             raise ConfigurationError(f"attestation for other sources must be C or none, got {other!r}")
         self.sources = sources
         self.other = other
+        # source address text -> the trusted sources it belongs to (a proxy sees few sources)
+        self._by_address: dict[str, tuple[TrustedSource, ...]] = {}
 
     @classmethod
     def from_config(cls, sources: str, other: str) -> AttestationPolicy:
@@ -82,14 +84,23 @@ class AttestationPolicy:
 
     def attest(self, source_ip: str, orig_tn: str) -> str | None:
         """A, B, C, or None when this call must not be signed."""
+        matching = self._by_address.get(source_ip)
+        if matching is None:
+            matching = self._matching(source_ip)
+            if len(self._by_address) > 4096:
+                self._by_address.clear()
+            self._by_address[source_ip] = matching
+        if not matching:
+            return self.other
+        return "A" if any(source.owns(orig_tn) for source in matching) else "B"
+
+    def _matching(self, source_ip: str) -> tuple[TrustedSource, ...]:
         try:
             address = ipaddress.ip_address(source_ip.strip("[]"))
         except ValueError:
-            return self.other
-        trusted = False
-        for source in self.sources:
-            if address.version == source.network.version and address in source.network:
-                if source.owns(orig_tn):
-                    return "A"
-                trusted = True
-        return "B" if trusted else self.other
+            return ()
+        return tuple(
+            source
+            for source in self.sources
+            if address.version == source.network.version and address in source.network
+        )

@@ -161,6 +161,8 @@ class FakeKSR:
         return log
 
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("_"):
+            raise AttributeError(attr)  # introspection (module scanners, copy, pickle)
         if attr in ("info", "warn", "err", "dbg", "notice", "crit"):
             return self._log(attr)
         if attr.startswith("is_") and attr[3:].isupper():

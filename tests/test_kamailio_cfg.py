@@ -91,3 +91,28 @@ def test_ci_runs_make_test() -> None:
     text = (harness.REPO / ".ci" / "run").read_text()
     assert text.startswith("#!/usr/bin/env bash") and "make test" in text
     assert "set -euo pipefail" in text
+
+
+@pytest.mark.kamailio
+@pytest.mark.parametrize(
+    ("switch", "name", "expected"),
+    [
+        ("WITH_STIR_REJECT", "vs_failure_action", "reject"),
+        ("WITH_STIR_REQUIRE_IDENTITY", "vs_require_identity", 1),
+        ("WITH_STIR_NO_SIGNING", "provider", "disabled"),
+        ("WITH_STIR_NO_VERIFY", "vs_enabled", 0),
+        ("WITH_STIR_VERSTAT_HEADER", "vs_verstat_placement", "header"),
+        ("WITH_STIR_AS302", "provider", "as302"),
+        ("WITH_STIR_VS302", "vs_provider", "vs302"),
+        ("WITH_AS302_SERVER", "as_server", 1),
+    ],
+)
+def test_mode_switches_set_the_startup_value(real_parts_available: None, tmp_path: Path, switch: str, name: str,
+                                             expected: int | str) -> None:
+    instance = harness.Kamailio(tmp_path, defines={switch: "1"}, workers=1)
+    assert instance.check_config().returncode == 0
+    instance.start()
+    try:
+        assert instance.get_cfg(name, type(expected)) == expected
+    finally:
+        instance.stop()

@@ -31,6 +31,7 @@ class FakeVerdict:
     reason: str
     detail: str = ""
     reason_header: str = ""
+    attest: str | None = "A"
 
     @property
     def passed(self) -> bool:
