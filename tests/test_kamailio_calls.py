@@ -357,6 +357,31 @@ def test_burst_of_malformed_identities_all_answered(kamailio, routing, tune, sip
     assert "Traceback" not in kamailio.log_text()
 
 
+MALFORMED_CALLERS = [
+    ["P-Asserted-Identity: <sip:+12155550121@127.0.0.1"],  # unterminated <
+    ["P-Asserted-Identity: garbage"],
+    ["P-Asserted-Identity: <tel:>", "Date: yesterday"],
+    ["P-Asserted-Identity: <sip:alice@127.0.0.1>", "P-Asserted-Identity: <tel:+12155550121>"],
+    ["Date: Fri, 27 Nov 2026 03:28:01 GMT", "Identity: x;info=<https://127.0.0.1:8443/a.pem>", "Identity: y"],
+]
+
+
+@pytest.mark.parametrize("policy", [REQUIRED, SUPPORTED])
+def test_malformed_callers_get_a_defined_answer(kamailio, routing, sip_dir: Path, policy: str) -> None:
+    """Broken PAI/From/Date values: the call is answered (relayed or refused), never dropped."""
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, policy)])
+        for headers in MALFORMED_CALLERS:
+            result = run_uac(kamailio.port, sip_dir, headers=headers, calls=3, rate=100)
+            assert len(result.finals) == 3 and set(result.finals) <= {"200", "503"}, (headers, result.log)
+        for caller in ("alice", "+1", "%00%ff"):
+            result = run_uac(kamailio.port, sip_dir, caller=caller)
+            assert result.final in {"200", "503"}, (caller, result.log)
+    assert kamailio.alive()
+    assert "Traceback" not in kamailio.log_text()
+    assert "Unhandled exception" not in kamailio.log_text()
+
+
 def test_redis_stopped_mid_run_calls_keep_flowing(kamailio, routing, sip_dir: Path, redis_server, verifier) -> None:
     with uas("vendor/uas.xml", sip_dir) as vendor:
         routing([Vendor(vendor.port, REQUIRED)])
