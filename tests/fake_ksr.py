@@ -97,16 +97,20 @@ class FakeKSR:
         self.shv: dict[str, object] = {}
         self.logs: list[tuple[str, str]] = []
         self.reset(Message())
+        self.htables: dict[str, dict[str, str]] = {"ss_breaker": {}}
         self.pv = _Namespace(self, "pv", {"get": self._pv_get, "gete": self._pv_gete, "seti": self._pv_set,
-                                          "sets": self._pv_set, "is_null": lambda n: self._pv_get(n) is None})
+                                          "sets": self._pv_set, "is_null": lambda n: self._pv_get(n) is None,
+                                          "unset": self._pv_unset})
         self.hdr = _Namespace(self, "hdr", {"append": self._hdr_append, "remove": self._hdr_remove,
-                                            "is_present": self._hdr_is_present})
+                                            "is_present": self._hdr_is_present,
+                                            "append_to_reply": self._hdr_append_to_reply})
+        self.htable = _Namespace(self, "htable", {"sht_get": self._sht_get, "sht_sets": self._sht_sets})
         self.sl = _Namespace(self, "sl", {"sl_send_reply": self._reply, "send_reply": self._reply})
         self.tm = _Namespace(self, "tm", {
             "t_check_trans": self._t_check_trans, "t_relay": self._t_relay, "t_on_branch": self._t_on_branch,
             "t_on_failure": self._t_on_failure, "t_set_fr": self._t_set_fr, "t_is_canceled": lambda: -1,
             "t_check_status": self._t_check_status, "t_branch_timeout": lambda: 1 if self._timeout else -1,
-            "t_reply": self._reply,
+            "t_reply": self._reply, "t_newtran": lambda: 1,
         })
         self.rr = _Namespace(self, "rr", {"record_route": self._record_route, "loose_route": lambda: -1})
         self.maxfwd = _Namespace(self, "maxfwd", {"process_maxfwd": lambda limit: 1})
@@ -131,17 +135,24 @@ class FakeKSR:
         self.record_routed = False
         self._status: int | None = None
         self._timeout = False
+        self._reply_headers: dict[str, str] = {}
+        self.reply_headers: list[tuple[str, str]] = []
+        self.du: str | None = None
         self._request = _Level()
         self._failure: _Level | None = None
         self._branch: _Level | None = None
         self._level = self._request
 
-    def fail(self, status: int | None) -> None:
-        """The last branch failed with *status* (None: timeout); run the failure route."""
+    def fail(self, status: int | None, headers: dict[str, str] | None = None) -> None:
+        """The last branch failed with *status* (None: timeout); run the failure route.
+
+        *headers* are those of the reply (``$T_rpl($hdr(NAME))``), e.g. a 302's Identity.
+        """
         if self.on_failure is None:
             raise AssertionError("no failure route armed")
         self._status = 408 if status is None else status
         self._timeout = status is None
+        self._reply_headers = {k.lower(): v for k, v in (headers or {}).items()}
         self._failure = _Level()
         self._level = self._failure
         route, self.on_failure = self.on_failure, None
@@ -181,6 +192,21 @@ class FakeKSR:
             return self.msg.source_ip
         if name == "$rU":
             return self.msg.ruri_user or None
+        if name == "$ru":
+            return f"sip:{self.msg.ruri_user}@127.0.0.1"
+        if name == "$fd":
+            return "127.0.0.1"
+        if name == "$du":
+            return self.du
+        if name == "$T_reply_code":
+            if self._status is None:
+                raise UnexpectedCall("$T_reply_code outside a failure route")
+            return self._status
+        m = re.fullmatch(r"\$T_rpl\(\$hdr\(([^)]+)\)\)", name)
+        if m:
+            if self._status is None:
+                raise UnexpectedCall("$T_rpl outside a failure route")
+            return self._reply_headers.get(m.group(1).lower())
         if name == "$fu":
             value = self._first("From")
             return _uri_of(value) if value else None
@@ -222,7 +248,28 @@ class FakeKSR:
         value = self._pv_get(name)
         return "" if value is None else str(value)
 
+    def _pv_unset(self, name: str) -> int:
+        m = re.fullmatch(r"\$avp\(([a-z_]+)\)", name)
+        if not m:
+            raise UnexpectedCall(f"cannot unset {name} in the fake")
+        self.avps.pop(m.group(1), None)
+        return 1
+
+    def _sht_get(self, table: str, key: str) -> str | None:
+        if table not in self.htables:
+            raise UnexpectedCall(f"no htable {table!r} (kamailio.cfg declares ss_breaker)")
+        return self.htables[table].get(key)
+
+    def _sht_sets(self, table: str, key: str, value: str) -> int:
+        if table not in self.htables or not isinstance(value, str):
+            raise UnexpectedCall(f"sht_sets({table!r}, {key!r}, {value!r})")
+        self.htables[table][key] = value
+        return 1
+
     def _pv_set(self, name: str, value: object) -> int:
+        if name == "$du":
+            self.du = str(value)
+            return 1
         m = re.fullmatch(r"\$avp\(([a-z_]+)\)", name)
         if m:
             self.avps[m.group(1)] = value
@@ -247,6 +294,13 @@ class FakeKSR:
         present = bool(self.msg.header_values(name))
         self._level.removed.add(name.lower())
         return 1 if present else -1
+
+    def _hdr_append_to_reply(self, text: str) -> int:
+        if not text.endswith("\r\n") or text.count("\r\n") != 1:
+            raise UnexpectedCall(f"header must be one line ending in CRLF: {text!r}")
+        name, _, value = text[:-2].partition(":")
+        self.reply_headers.append((name.strip(), value.strip()))
+        return 1
 
     def _hdr_is_present(self, name: str) -> int:
         return 1 if self.msg.header_values(name) else -1
@@ -293,9 +347,9 @@ class FakeKSR:
         return 1
 
     def _t_relay(self) -> int:
-        if self.xavp_index is None:
+        if self.du is None:
             raise UnexpectedCall("t_relay without a destination")
-        destination = self.entries[self.xavp_index].uri
+        destination = self.du
         if destination in self.relay_fails:
             return -1
         levels = [self._request] + ([self._failure] if self._failure else [])
@@ -322,10 +376,14 @@ class FakeKSR:
         if not self.entries:
             return -1
         self.xavp_index = 0
+        self.du = self.entries[0].uri
         return 1
 
     def _ds_next(self) -> int:
         if self.xavp_index is None:
             return -1
         self.xavp_index += 1
-        return 1 if self.xavp_index < len(self.entries) else -1
+        if self.xavp_index < len(self.entries):
+            self.du = self.entries[self.xavp_index].uri
+            return 1
+        return -1

@@ -378,7 +378,7 @@ def test_redis_outage_logged_once_for_all_processes(ksr: FakeKSR, kemi: ModuleTy
 
 def test_fake_refuses_what_the_script_does_not_use(ksr: FakeKSR) -> None:
     with pytest.raises(UnexpectedCall):
-        ksr.pv.get("$du")
+        ksr.pv.get("$ua")
     with pytest.raises(UnexpectedCall):
         ksr.hdr.append("X-No-CRLF: 1")
     with pytest.raises(UnexpectedCall):
