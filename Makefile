@@ -4,7 +4,7 @@
 #                   certificate server and Kamailio in the foreground (Ctrl-C stops all)
 #   make demo-call  one SIPp call through the running service (see README)
 #   make test       install what is missing, run the whole suite (incl. Kamailio)
-#   make bench      library benchmark, then the SIP path benchmark
+#   make bench      library benchmark, then the SIP path and as302 benchmarks
 #   make cfgcheck   kamailio -c on kamailio.cfg
 #
 # Debian 12, as root (or with sudo).  Package installs are idempotent: apt-get
@@ -123,6 +123,7 @@ demo-call: deps venv
 bench: deps venv
 	$(PY) bench/bench_library.py
 	$(PY) bench/bench_sip.py
+	$(PY) bench/bench_as302.py
 
 clean:
 	rm -rf $(RUN_DIR) .pytest_cache

@@ -1,0 +1,242 @@
+"""The as302 path: CPU and calls/s against this service's own 302 AS, and a black-holed AS.
+
+Cases (same machine, same loopback, SIPp caller and vendor):
+
+  (a) plain relay, no STIR        bench/kamailio-baseline.cfg (native cfg)
+  (e) as302 client                kamailio.cfg, provider as302, a "required"
+                                  vendor entry; the AS is a second Kamailio
+                                  started with -A WITH_AS302_SERVER
+  (f) AS-free calls while every AS host is black-holed: INVITEs that carry a
+      valid Identity (verified, warm cache: no AS needed) run beside unsigned
+      INVITEs that must ask the AS, whose one host swallows every request
+      (breaker off, so each of those calls waits its full per-host timeout);
+      the AS-free calls' completion rate is compared with the same mix when
+      the AS is healthy.
+
+CPU per call is utime+stime of every process of the Kamailio(s) involved,
+over the measured SIPp run, divided by its calls. calls/s is the rate at
+which a saturating caller (fixed concurrency) gets its calls answered.
+
+Goal (issue 4): (f) ratio >= 0.9.
+
+Usage: .venv/bin/python bench/bench_as302.py [--rate 200] [--calls 2000] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from stirshaken.pki import PkiPaths, ensure_test_pki  # noqa: E402
+from stirshaken.signer import Signer  # noqa: E402
+from tests import harness  # noqa: E402
+
+BASELINE_CFG = REPO / "bench" / "kamailio-baseline.cfg"
+REQUIRED = "ss_enabled=1;ss_policy=required"
+
+
+@contextmanager
+def black_hole() -> Iterator[int]:
+    """A UDP port that reads every datagram and never answers."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((harness.LOOPBACK, 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+
+    def drain() -> None:
+        while not stop.is_set():
+            try:
+                sock.recv(65535)
+            except OSError:
+                pass
+
+    thread = threading.Thread(target=drain, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join()
+        sock.close()
+
+
+class Parts:
+    def __init__(self, work: Path, args: argparse.Namespace) -> None:
+        self.work = work
+        self.args = args
+        self.pki: PkiPaths = ensure_test_pki(work / "pki")
+        self.redis = harness.RedisServer(work / "redis").start()
+        self.cert_server = harness.CertServer(self.pki.out_dir, work / "certserver").start()
+
+    def stop(self) -> None:
+        self.cert_server.stop()
+        self.redis.stop()
+
+    def defines(self, dispatcher: Path, **extra: str) -> dict[str, str]:
+        q = harness.cfg_string
+        return {
+            "SS_DISPATCHER_LIST": q(str(dispatcher)),
+            "SS_REDIS_URL": q(self.redis.url),
+            "SS_AS_KEY_PATH": q(str(self.pki.key)),
+            "SS_AS_CERT_PATH": q(str(self.pki.cert)),
+            "SS_AS_X5U": q(self.cert_server.url("sp.pem")),
+            "SS_VS_TRUST_DIR": q(str(self.pki.trust_dir)),
+            "SS_VS_TLS_CA_FILE": q(str(self.pki.root)),
+            "SS_VS_X5U_PORTS": q(f"443,8443,{self.cert_server.port}"),
+            "SS_LOG_LEVEL": "1",
+            **extra,
+        }
+
+    def kamailio(self, cdir: Path, vendor_port: int, cfg: Path = REPO / "kamailio.cfg", **extra: str) -> harness.Kamailio:
+        dispatcher = harness.write_dispatcher_list(cdir / "dispatcher.list", [harness.Vendor(vendor_port, REQUIRED)])
+        instance = harness.Kamailio(cdir, defines=self.defines(dispatcher, **extra), cfg=cfg,
+                                    workers=self.args.workers)
+        return instance.start()
+
+    def signed_headers(self) -> list[str]:
+        signer = Signer.from_files(key_path=self.pki.key, x5u=self.cert_server.url("sp.pem"), cert_path=self.pki.cert)
+        signed = signer.sign(orig="12155550121", dest=["12155550131"], attest="A")
+        return ["P-Asserted-Identity: <sip:+12155550121@127.0.0.1>", f"Identity: {signed.identity}",
+                f"Date: {signed.date}"]
+
+
+def cpu_per_call(instances: list[harness.Kamailio], run) -> tuple[float, float, harness.SippResult]:  # type: ignore[no-untyped-def]
+    """(CPU µs per call over these Kamailios, answered calls/s, the SIPp result) of one run."""
+    pids = [pid for k in instances for pid in k.pids()]
+    before = harness.cpu_seconds(pids)
+    started = time.monotonic()
+    result = run()
+    elapsed = time.monotonic() - started
+    after = harness.cpu_seconds(pids)
+    calls = max(1, len(result.finals))
+    return (after - before) / calls * 1e6, result.finals.count("200") / elapsed, result
+
+
+def measure_path(parts: Parts, key: str) -> tuple[float, float]:
+    """Case (a) or (e): CPU per call at a fixed rate, then calls/s with a saturating caller."""
+    args = parts.args
+    cdir = parts.work / f"{key}-{time.monotonic_ns()}"
+    cdir.mkdir()
+    with harness.uas("vendor/uas.xml", cdir) as vendor:
+        if key == "a":
+            instances = [parts.kamailio(cdir, vendor.port, cfg=BASELINE_CFG)]
+            entry = instances[0]
+        else:
+            as_dir = cdir / "as"
+            as_dir.mkdir()
+            server = parts.kamailio(as_dir, vendor.port, WITH_AS302_SERVER="1")
+            entry = parts.kamailio(cdir, vendor.port, WITH_STIR_AS302="1",
+                                   SS_AS302_HOSTS=harness.cfg_string(f"127.0.0.1:{server.port}"))
+            instances = [entry, server]
+        try:
+            warm = harness.run_uac(entry.port, cdir, calls=20, rate=20)
+            if warm.finals.count("200") != 20:
+                raise RuntimeError(f"({key}) warm-up failed: {warm.finals}\n{warm.log}")
+            cpu, _, fixed = cpu_per_call(instances, lambda: harness.run_uac(
+                entry.port, cdir, calls=args.calls, rate=args.rate, timeout=args.calls / args.rate + 60,
+                extra=["-l", "2000"]))
+            _, rate, burst = cpu_per_call(instances, lambda: harness.run_uac(
+                entry.port, cdir, calls=args.calls, rate=5000, timeout=120, extra=["-l", str(args.concurrency)]))
+        finally:
+            for instance in instances:
+                instance.stop()
+    for result in (fixed, burst):
+        if result.finals.count("200") < 0.99 * args.calls:
+            print(f"  warning ({key}): {args.calls - result.finals.count('200')} calls not answered 200")
+    return cpu, rate
+
+
+def measure_as_free_rate(parts: Parts, *, healthy: bool) -> float:
+    """Case (f): answered calls/s of AS-free calls beside calls that must ask the AS."""
+    args = parts.args
+    cdir = parts.work / f"f-{'healthy' if healthy else 'hole'}-{time.monotonic_ns()}"
+    cdir.mkdir()
+    (cdir / "as").mkdir()
+    with harness.uas("vendor/uas.xml", cdir) as vendor, black_hole() as hole:
+        server = parts.kamailio(cdir / "as", vendor.port, WITH_AS302_SERVER="1") if healthy else None
+        as_port = server.port if server is not None else hole
+        client = parts.kamailio(cdir, vendor.port, WITH_STIR_AS302="1",
+                                SS_AS302_HOSTS=harness.cfg_string(f"127.0.0.1:{as_port}"))
+        try:
+            client.set_cfg("as302_breaker_failures", 1_000_000)  # every AS call waits its full timeout
+            client.set_cfg("as302_host_timeout_ms", 2000)
+            time.sleep(1.2)  # workers re-read tunables once a second
+            signed = parts.signed_headers()
+            warm = harness.run_uac(client.port, cdir, headers=signed, calls=20, rate=20)
+            if warm.finals.count("200") != 20:
+                raise RuntimeError(f"(f) warm-up failed: {warm.finals}\n{warm.log}")
+            needing: list[harness.SippResult] = []
+            as_calls = max(50, args.calls // 4)  # at a quarter of the rate: the same duration
+            background = threading.Thread(target=lambda: needing.append(harness.run_uac(
+                client.port, cdir, calls=as_calls, rate=args.rate / 4, timeout=args.calls / args.rate + 60,
+                extra=["-l", "5000"])))
+            background.start()
+            time.sleep(1.0)
+            started = time.monotonic()
+            free = harness.run_uac(client.port, cdir, headers=signed, calls=args.calls, rate=args.rate,
+                                   timeout=args.calls / args.rate + 60, extra=["-l", "2000"])
+            elapsed = time.monotonic() - started
+            background.join()
+        finally:
+            client.stop()
+            if server is not None:
+                server.stop()
+    answered = free.finals.count("200")
+    if answered < 0.99 * args.calls:
+        print(f"  warning (f, {'healthy' if healthy else 'black hole'}): {args.calls - answered} AS-free calls failed")
+    return answered / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rate", type=float, default=200, help="calls per second of the fixed-rate runs")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per run")
+    parser.add_argument("--concurrency", type=int, default=50, help="open calls of the saturating caller")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=4, help="Kamailio UDP workers, same for every instance")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-as302-") as tmp:
+        parts = Parts(Path(tmp), args)
+        best: dict[str, tuple[float, float]] = {}
+        free_rates: dict[bool, float] = {}
+        try:
+            for round_no in range(1, args.rounds + 1):
+                for key in ("a", "e"):
+                    cpu, rate = measure_path(parts, key)
+                    print(f"round {round_no} ({key}): {cpu:.0f} us/call, {rate:.0f} calls/s saturated", flush=True)
+                    old = best.get(key)
+                    best[key] = (min(cpu, old[0]) if old else cpu, max(rate, old[1]) if old else rate)
+                for healthy in (True, False):
+                    rate = measure_as_free_rate(parts, healthy=healthy)
+                    print(f"round {round_no} (f) AS {'healthy' if healthy else 'black-holed'}: "
+                          f"{rate:.0f} AS-free calls/s answered", flush=True)
+                    free_rates[healthy] = max(rate, free_rates.get(healthy, 0.0))
+        finally:
+            parts.stop()
+
+    (a_cpu, a_rate), (e_cpu, e_rate) = best["a"], best["e"]
+    print()
+    print(f"best of {args.rounds} rounds, {args.workers} workers per Kamailio:")
+    print(f"{'case':<52} {'us/call':>8} {'x (a)':>7} {'calls/s':>8} {'x (a)':>7}")
+    print(f"{'(a) plain relay':<52} {a_cpu:8.0f} {1:7.2f} {a_rate:8.0f} {1:7.2f}")
+    print(f"{'(e) as302 client + our 302 AS (both Kamailios)':<52} {e_cpu:8.0f} {e_cpu / a_cpu:7.2f} "
+          f"{e_rate:8.0f} {e_rate / a_rate:7.2f}")
+    ratio = free_rates[False] / free_rates[True]
+    print(f"(f) AS-free calls/s with the AS black-holed / healthy: {free_rates[False]:.0f} / "
+          f"{free_rates[True]:.0f} = {ratio:.2f} (goal >= 0.90: {'met' if ratio >= 0.9 else 'NOT met'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
