@@ -83,19 +83,8 @@ class Parts:
         self.redis.stop()
 
     def defines(self, dispatcher: Path, **extra: str) -> dict[str, str]:
-        q = harness.cfg_string
-        return {
-            "SS_DISPATCHER_LIST": q(str(dispatcher)),
-            "SS_REDIS_URL": q(self.redis.url),
-            "SS_AS_KEY_PATH": q(str(self.pki.key)),
-            "SS_AS_CERT_PATH": q(str(self.pki.cert)),
-            "SS_AS_X5U": q(self.cert_server.url("sp.pem")),
-            "SS_VS_TRUST_DIR": q(str(self.pki.trust_dir)),
-            "SS_VS_TLS_CA_FILE": q(str(self.pki.root)),
-            "SS_VS_X5U_PORTS": q(f"443,8443,{self.cert_server.port}"),
-            "SS_LOG_LEVEL": "1",
-            **extra,
-        }
+        return harness.service_defines(self.pki, self.cert_server, self.redis.url, dispatcher, SS_LOG_LEVEL="1",
+                                       **extra)
 
     def kamailio(self, cdir: Path, vendor_port: int, cfg: Path = REPO / "kamailio.cfg", **extra: str) -> harness.Kamailio:
         dispatcher = harness.write_dispatcher_list(cdir / "dispatcher.list", [harness.Vendor(vendor_port, REQUIRED)])

@@ -37,7 +37,7 @@ FAKE_KSR = FakeKSR()
 sys.modules["KSR"] = FAKE_KSR  # type: ignore[assignment]
 
 KEMI_SCRIPT = harness.REPO / "kemi" / "kamailio_stirshaken.py"
-SETTINGS_REFRESH = 1.0  # kemi/kamailio_stirshaken.py: seconds a worker keeps the values it read
+SETTINGS_REFRESH = harness.SETTINGS_REFRESH
 
 
 def load_kemi() -> ModuleType:
@@ -109,28 +109,12 @@ def cert_server(real_parts_available: None, pki, workdir: Path) -> Iterator[harn
     server.stop()
 
 
-def kamailio_defines(pki, cert_server: harness.CertServer, redis_url: str, dispatcher_list: Path) -> dict[str, str]:  # type: ignore[no-untyped-def]
-    q = harness.cfg_string
-    return {
-        "SS_DISPATCHER_LIST": q(str(dispatcher_list)),
-        "SS_REDIS_URL": q(redis_url),
-        "SS_AS_KEY_PATH": q(str(pki.key)),
-        "SS_AS_CERT_PATH": q(str(pki.cert)),
-        "SS_AS_X5U": q(cert_server.url("sp.pem")),
-        "SS_VS_TRUST_DIR": q(str(pki.trust_dir)),
-        "SS_VS_TLS_CA_FILE": q(str(pki.root)),
-        "SS_VS_X5U_PORTS": q(f"443,8443,{cert_server.port}"),
-        "SS_VENDOR_TIMEOUT_MS": "1500",
-        "SS_DS_RELOAD_DELTA": "0",
-    }
-
-
 @pytest.fixture(scope="session")
 def kamailio(real_parts_available: None, pki, cert_server, redis_server, workdir: Path) -> Iterator[harness.Kamailio]:  # type: ignore[no-untyped-def]
     kdir = workdir / "kamailio"
     kdir.mkdir()
     dispatcher_list = harness.write_dispatcher_list(kdir / "dispatcher.list", [harness.Vendor(harness.free_port())])
-    instance = harness.Kamailio(kdir, defines=kamailio_defines(pki, cert_server, redis_server.url, dispatcher_list))
+    instance = harness.Kamailio(kdir, defines=harness.service_defines(pki, cert_server, redis_server.url, dispatcher_list))
     instance.dispatcher_list = dispatcher_list  # type: ignore[attr-defined]
     checked = instance.check_config()
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -246,6 +246,29 @@ def sip_invite(port: int, *, caller: str, callee: str, timeout: float = 5.0) -> 
         return text
 
 
+SETTINGS_REFRESH = 1.0
+"""kemi/kamailio_stirshaken.py: seconds a worker keeps the stirshaken.* values it read."""
+
+
+def service_defines(pki, cert_server: CertServer, redis_url: str, dispatcher_list: Path,  # type: ignore[no-untyped-def]
+                    **extra: str) -> dict[str, str]:
+    """The -A defines that point kamailio.cfg at a test PKI, certificate server and Redis."""
+    q = cfg_string
+    return {
+        "SS_DISPATCHER_LIST": q(str(dispatcher_list)),
+        "SS_REDIS_URL": q(redis_url),
+        "SS_AS_KEY_PATH": q(str(pki.key)),
+        "SS_AS_CERT_PATH": q(str(pki.cert)),
+        "SS_AS_X5U": q(cert_server.url("sp.pem")),
+        "SS_VS_TRUST_DIR": q(str(pki.trust_dir)),
+        "SS_VS_TLS_CA_FILE": q(str(pki.root)),
+        "SS_VS_X5U_PORTS": q(f"443,8443,{cert_server.port}"),
+        "SS_VENDOR_TIMEOUT_MS": "1500",
+        "SS_DS_RELOAD_DELTA": "0",
+        **extra,
+    }
+
+
 def cfg_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -17,7 +17,6 @@ import pytest
 from stirshaken.pki import PkiPaths
 from stirshaken.signer import SignedIdentity
 from tests import harness
-from tests.conftest import kamailio_defines
 from tests.harness import Vendor, header_values, run_uac, uas
 from tests.test_kamailio_calls import (  # noqa: F401 - verifier is a fixture
     DEST,
@@ -30,7 +29,7 @@ from tests.test_kamailio_calls import (  # noqa: F401 - verifier is a fixture
     signer_for,
     verifier,
 )
-from tests.conftest import SETTINGS_REFRESH
+from tests.harness import SETTINGS_REFRESH
 
 pytestmark = pytest.mark.kamailio
 
@@ -176,7 +175,7 @@ def as_server(real_parts_available, pki, cert_server, redis_server,  # type: ign
     kdir = workdir / "as-server"
     kdir.mkdir()
     dispatcher_list = harness.write_dispatcher_list(kdir / "dispatcher.list", [Vendor(harness.free_port())])
-    defines = kamailio_defines(pki, cert_server, redis_server.url, dispatcher_list)
+    defines = harness.service_defines(pki, cert_server, redis_server.url, dispatcher_list)
     defines["WITH_AS302_SERVER"] = "1"
     instance = harness.Kamailio(kdir, defines=defines, workers=2)
     checked = instance.check_config()

@@ -398,6 +398,6 @@ def test_settings_are_kept_for_the_refresh_period(ksr: FakeKSR, kemi: ModuleType
 
 
 def test_cfg_and_kemi_agree_on_the_refresh_period(kemi: ModuleType) -> None:
-    from tests.conftest import SETTINGS_REFRESH
+    from tests.harness import SETTINGS_REFRESH
 
     assert kemi.SETTINGS_REFRESH == SETTINGS_REFRESH
