@@ -172,11 +172,15 @@ def _gete(name: str) -> str:
     return "" if value is None else str(value)
 
 
+MAX_HEADER_VALUES = 10
+"""At most this many lines of one header are read: each index is a PV name Kamailio keeps."""
+
+
 def _header_values(name: str) -> list[str]:
-    """Every value of header *name*, in order (one per header line)."""
+    """The values of header *name*, in order (one per header line, at most MAX_HEADER_VALUES)."""
     count = KSR.pv.get(f"$hdrc({name})") or 0
     values = []
-    for index in range(int(count)):
+    for index in range(min(int(count), MAX_HEADER_VALUES)):
         value = KSR.pv.get(f"$(hdr({name})[{index}])")
         if value is not None:
             values.append(str(value))
@@ -678,8 +682,8 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
     def _place_verstat(self, verstat: str, placement: str) -> None:
         pais = _header_values("P-Asserted-Identity")
         name, values = ("P-Asserted-Identity", pais) if pais else ("From", _header_values("From"))
-        if not values:
-            return
+        if not values or len(values) >= MAX_HEADER_VALUES:
+            return  # nothing to mark, or too many lines to rewrite without losing one
         try:
             new_values = [with_verstat(v, verstat, placement) for v in values]
         except ValueError as exc:

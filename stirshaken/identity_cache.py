@@ -40,7 +40,6 @@ shared between processes; build one :class:`IdentityCache` per worker.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -61,32 +60,19 @@ class CachedIdentity:
     dest: tuple[str, ...]
     attest: str = ""
 
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "identity": self.identity,
-                "date": self.date,
-                "iat": self.iat,
-                "orig": self.orig,
-                "dest": list(self.dest),
-                "attest": self.attest,
-            },
-            separators=(",", ":"),
-        ).encode()
+    def encode(self) -> bytes:
+        """``iat|orig|dest,dest|attest|date|identity``: the Identity goes last, it may hold anything."""
+        return f"{self.iat}|{self.orig}|{','.join(self.dest)}|{self.attest}|{self.date}|{self.identity}".encode()
 
     @classmethod
-    def from_json(cls, data: bytes) -> CachedIdentity | None:
+    def decode(cls, data: bytes) -> CachedIdentity | None:
         try:
-            obj = json.loads(data)
-            return cls(
-                identity=str(obj["identity"]),
-                date=str(obj["date"]),
-                iat=int(obj["iat"]),
-                orig=str(obj["orig"]),
-                dest=tuple(str(d) for d in obj["dest"]),
-                attest=str(obj.get("attest", "")),
-            )
-        except (ValueError, KeyError, TypeError):
+            iat, orig, dest, attest, date, identity = data.decode().split("|", 5)
+            if not identity or not date:
+                return None
+            return cls(identity=identity, date=date, iat=int(iat), orig=orig,
+                       dest=tuple(dest.split(",")) if dest else (), attest=attest)
+        except (ValueError, UnicodeDecodeError):
             return None
 
 
@@ -334,7 +320,7 @@ class IdentityCache:
         data = self.guard.call(self.client.read_get, default=None)
         if data is None:
             return None
-        cached = CachedIdentity.from_json(data)
+        cached = CachedIdentity.decode(data)
         if cached is None or cached.orig != orig or tuple(cached.dest) != tuple(dest):
             return None
         if not 0 <= int(self.clock()) - cached.iat <= self.ttl:
@@ -344,7 +330,7 @@ class IdentityCache:
     def put(self, call_id: str, cached: CachedIdentity) -> None:
         if self.client is None or not call_id:
             return
-        self.client.queue_set(self.key(call_id), cached.to_json(), self.ttl)
+        self.client.queue_set(self.key(call_id), cached.encode(), self.ttl)
         self.flush_if_due()
 
     def flush_if_due(self) -> None:

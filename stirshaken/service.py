@@ -11,7 +11,8 @@ Rules:
 1. **Objects are built once per process and keyed by the settings they were
    built from.**  A live ``cfg.set_now_*`` change gives a new key and so a
    new object on the next message; an unchanged setting costs one tuple
-   compare.  A build that fails (missing key file, unreadable trust
+   compare, and nothing at all while the same settings view is in use (the
+   KEMI script keeps one for a second).  A build that fails (missing key file, unreadable trust
    directory) is logged once and retried after ``RETRY_BROKEN`` seconds, not
    per call.
 2. **No exception leaves** :meth:`Service.verify` or :meth:`Service.obtain`:
@@ -25,6 +26,7 @@ Rules:
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -34,11 +36,14 @@ from typing import Any
 from .attestation import AttestationPolicy
 from .identity_cache import CachedIdentity, IdentityCache, RespClient
 from .settings import Settings
-from .tn import tn_from_uri
+from .tn import tn_from_uri as _tn_from_uri
 
 log = logging.getLogger("stirshaken.service")
 
 RETRY_BROKEN = 10.0
+
+# Callers and callees repeat: remember the canonical number of recent URIs.
+tn_from_uri = functools.lru_cache(maxsize=4096)(_tn_from_uri)
 NO_TN_VALIDATION = "No-TN-Validation"
 
 
@@ -67,14 +72,20 @@ class InternalFailure:
 class _Slot:
     """One lazily built object, rebuilt when its key changes, failures remembered."""
 
-    __slots__ = ("key", "value", "failed_at")
+    __slots__ = ("key", "value", "failed_at", "view")
 
     def __init__(self) -> None:
         self.key: tuple[Any, ...] | None = None
         self.value: Any = None
         self.failed_at = 0.0
+        self.view: Settings | None = None  # the settings view the value was last checked against
 
-    def get(self, key: tuple[Any, ...], build: Callable[[], Any], what: str) -> Any:
+    def known(self, s: Settings) -> Any:
+        """The value when it was built or checked with this very settings view, else None."""
+        return self.value if s is self.view else None
+
+    def get(self, key: tuple[Any, ...], build: Callable[[], Any], what: str, s: Settings | None = None) -> Any:
+        self.view = s
         if key == self.key and (self.value is not None or time.monotonic() - self.failed_at < RETRY_BROKEN):
             return self.value
         self.key = key
@@ -101,15 +112,21 @@ class Service:
 
     # -- building blocks ---------------------------------------------------
     def resp_client(self, s: Settings) -> RespClient | None:
+        known = self._redis.known(s)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
         url, timeout = s.str("redis_url"), s.int("redis_timeout_ms")
         if not url:
             return None
         client: RespClient | None = self._redis.get(
-            (url, timeout), lambda: RespClient(url, timeout=max(timeout, 1) / 1000), "Redis client"
+            (url, timeout), lambda: RespClient(url, timeout=max(timeout, 1) / 1000), "Redis client", s
         )
         return client
 
     def identity_cache(self, s: Settings) -> IdentityCache:
+        known = self._identity_cache.known(s)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
         client = self.resp_client(s)
         prefix, freshness = s.str("identity_cache_prefix"), s.int("freshness")
         flush_ms = s.int("identity_cache_flush_ms")
@@ -119,10 +136,14 @@ class Service:
                 client, prefix=prefix, freshness=freshness, flush_interval=flush_ms / 1000, clock=self.clock
             ),
             "identity cache",
+            s,
         )
         return cache
 
     def signer(self, s: Settings) -> Any:
+        known = self._signer.known(s)
+        if known is not None:
+            return known
         key_path, cert_path, x5u = s.path("as_key_path"), s.path("as_cert_path"), s.str("as_x5u")
 
         def build() -> Any:
@@ -130,16 +151,22 @@ class Service:
 
             return Signer.from_files(key_path=key_path, x5u=x5u, cert_path=cert_path or None, clock=self.clock)
 
-        return self._signer.get((key_path, cert_path, x5u), build, f"signer (key {key_path})")
+        return self._signer.get((key_path, cert_path, x5u), build, f"signer (key {key_path})", s)
 
     def attestation(self, s: Settings) -> AttestationPolicy | None:
+        known = self._attestation.known(s)
+        if known is not None:
+            return known  # type: ignore[no-any-return]
         sources, other = s.str("as_trusted_sources"), s.str("as_other_attest")
         policy: AttestationPolicy | None = self._attestation.get(
-            (sources, other), lambda: AttestationPolicy.from_config(sources, other), "attestation policy"
+            (sources, other), lambda: AttestationPolicy.from_config(sources, other), "attestation policy", s
         )
         return policy
 
     def verifier(self, s: Settings) -> Any:
+        known = self._verifier.known(s)
+        if known is not None:
+            return known
         key = (
             s.path("vs_trust_dir"),
             s.str("vs_x5u_allow_hosts"),
@@ -180,7 +207,7 @@ class Service:
             )
             return Verifier(certificates=certificates, max_age=freshness, country_code=cc, clock=self.clock)
 
-        return self._verifier.get(key, build, f"verifier (trust dir {key[0]})")
+        return self._verifier.get(key, build, f"verifier (trust dir {key[0]})", s)
 
     def flush_if_due(self) -> None:
         """Send batched identity-cache writes that are due; call on every request. Never raises."""

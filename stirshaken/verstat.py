@@ -77,8 +77,9 @@ def with_verstat(value: str, verstat: str, placement: str = "user") -> str:
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown verstat placement {placement!r}")
     display, uri, params = _split(value)
-    uri = _USER_VERSTAT.sub("", uri)
-    params = _PARAM_VERSTAT.sub("", params)
+    if "verstat" in value.lower():  # rare: only then pay for the regexes
+        uri = _USER_VERSTAT.sub("", uri)
+        params = _PARAM_VERSTAT.sub("", params)
     param = f";verstat={verstat}"
     if placement == "user":
         placed = _add_to_user(uri, param)

@@ -67,7 +67,7 @@ def test_other_numbers_or_old_entries_are_misses(cache: IdentityCache) -> None:
 
 
 def test_garbage_in_redis_is_a_miss(cache: IdentityCache, redis_server: harness.RedisServer) -> None:
-    redis_server.command("SET", "test:id:junk", "{not json")
+    redis_server.command("SET", "test:id:junk", "{not an entry")
     assert cache.get("junk", orig="1", dest=("2",)) is None
 
 
@@ -121,10 +121,12 @@ def test_bad_url() -> None:
         RespClient("unix:///tmp/redis.sock")
 
 
-def test_cached_identity_json_roundtrip() -> None:
-    assert CachedIdentity.from_json(entry().to_json()) == entry()
-    assert CachedIdentity.from_json(b"[]") is None
-    assert CachedIdentity.from_json(b'{"identity": 1}') is None
+def test_cached_identity_roundtrip() -> None:
+    assert CachedIdentity.decode(entry().encode()) == entry()
+    odd = CachedIdentity(identity="a|b;info=<https://x/|y>", date="d", iat=1, orig="1", dest=("2", "3"))
+    assert CachedIdentity.decode(odd.encode()) == odd
+    for junk in (b"[]", b"x|1|2|A|d|id", b"1|2", b"\xff\xfe", b"1|1|2|A||"):
+        assert CachedIdentity.decode(junk) is None
 
 
 def test_uncollected_lookup_does_not_shift_answers(cache: IdentityCache) -> None:

@@ -401,3 +401,18 @@ def test_cfg_and_kemi_agree_on_the_refresh_period(kemi: ModuleType) -> None:
     from tests.harness import SETTINGS_REFRESH
 
     assert kemi.SETTINGS_REFRESH == SETTINGS_REFRESH
+
+
+def test_many_pai_lines_are_left_alone_not_lost(ksr: FakeKSR, handler: Any, kemi: ModuleType) -> None:
+    pais = [("P-Asserted-Identity", f"<sip:+1215555{i:04d}@127.0.0.1>") for i in range(kemi.MAX_HEADER_VALUES + 2)]
+    route(ksr, handler, invite(*pais, pai=False), [SUPPORTED])
+    assert ksr.branches[0].values("P-Asserted-Identity") == [v for _, v in pais]
+
+
+def test_several_pai_lines_all_marked_in_order(ksr: FakeKSR, handler: Any) -> None:
+    msg = invite(("P-Asserted-Identity", "<tel:+12155550121>"))
+    route(ksr, handler, msg, [SUPPORTED])
+    assert ksr.branches[0].values("P-Asserted-Identity") == [
+        "<sip:+12155550121;verstat=No-TN-Validation@127.0.0.1>",
+        "<tel:+12155550121;verstat=No-TN-Validation>",
+    ]
