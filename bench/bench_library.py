@@ -101,7 +101,7 @@ def main() -> None:
         ours_verify = rate(verify, args.seconds)
         print(f"round {round_number}: openssl {ossl_sign:,.0f} sign/s {ossl_verify:,.0f} verify/s; "
               f"ours {ours_sign:,.0f} sign/s {ours_verify:,.0f} verify/s", flush=True)
-        for name, value in zip(best, (ossl_sign, ossl_verify, ours_sign, ours_verify)):
+        for name, value in zip(best, (ossl_sign, ossl_verify, ours_sign, ours_verify), strict=True):
             best[name] = max(best[name], value)
     assert fetcher.fetches == 1, "the certificate cache did not stay warm"
 

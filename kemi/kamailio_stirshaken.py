@@ -43,6 +43,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 import os
 import site
 import sys
@@ -67,7 +68,7 @@ VENV_SITE_PACKAGES = _use_project_venv()
 
 import KSR  # noqa: E402  (provided by app_python3; a fake in unit tests)
 
-from stirshaken.as302 import Outcome, interpret_as_reply, interpret_vs_reply  # noqa: E402
+from stirshaken.as302 import AsResult, Outcome, VsResult, interpret_as_reply, interpret_vs_reply  # noqa: E402
 from stirshaken.external import ExternalServices  # noqa: E402
 from stirshaken.policy import Action, EntryPolicy, after_obtain, decide, parse_entry_attrs  # noqa: E402
 from stirshaken.service import Obtained, Service  # noqa: E402
@@ -348,7 +349,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         self._reply(503, "No Usable Route")
         return EXIT
 
-    def _apply_verdict(self, s: Settings, verdict: object, identities: list[str]) -> bool:
+    def _apply_verdict(self, s: Settings, verdict: Any, identities: list[str]) -> bool:
         """verstat, Reason and what may be passed on; False when the call was rejected.
 
         ``verdict`` is None when nothing was verified (no Identity, or
@@ -359,21 +360,21 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         verstat: str | None = None
         if s.int("vs_enabled"):
             if verdict is not None:
-                verstat = verdict.verstat  # type: ignore[attr-defined]
-                if verdict.passed:  # type: ignore[attr-defined]
+                verstat = verdict.verstat
+                if verdict.passed:
                     rx_usable = True
                     KSR.info(f"stirshaken: Identity verified, attest {verdict.attest} (Call-ID {call_id})\n")
                 else:
-                    status, reason = verdict.sip_status, verdict.reason  # type: ignore[attr-defined]
+                    status, reason = verdict.sip_status, verdict.reason
                     KSR.info(
                         f"stirshaken: Identity failed verification (Call-ID {call_id}): "
-                        f"{status} {verdict.detail}\n"  # type: ignore[attr-defined]
+                        f"{status} {verdict.detail}\n"
                     )
                     if s.str("vs_failure_action") == "reject" and status < 500:
                         self._reply(status, reason)
                         return False
-                    if s.int("vs_reason_header") and verdict.reason_header:  # type: ignore[attr-defined]
-                        _append_header("Reason", verdict.reason_header)  # type: ignore[attr-defined]
+                    if s.int("vs_reason_header") and verdict.reason_header:
+                        _append_header("Reason", verdict.reason_header)
                     rx_usable = bool(s.int("vs_pass_failed_identity"))
             else:
                 if s.int("vs_require_identity"):
@@ -591,7 +592,6 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
     def ksr_route_external_answer(self, kind: str) -> int:
         """The answer (or timeout) of a 302 service; then on to the vendors."""
         s = self.settings()
-        call_id = _call_id()
         KSR.pv.unset(AVP_EXT_PHASE)
         now = time.time()
         status = 408 if KSR.tm.t_branch_timeout() > 0 else int(KSR.pv.get("$T_reply_code") or 408)
@@ -599,7 +599,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         index = int(KSR.pv.get(AVP_EXT_INDEX) or 0)
         if kind == "as":
             orig, dest = self.service.parties(s, orig_uri=self._calling_uri(), dest_uri=_gete("$tu"))
-            result = interpret_as_reply(
+            as_result = interpret_as_reply(
                 status,
                 identity=_reply_header("Identity"),
                 x_identity=_reply_header("X-Identity"),
@@ -611,30 +611,36 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 max_age=s.int("freshness"),
                 country_code=s.str("country_code"),
             )
-        else:
-            result = interpret_vs_reply(  # type: ignore[assignment]
-                status,
-                p_asserted_identity=_reply_header("P-Asserted-Identity"),
-                from_=_reply_header("From"),
-                reason=_reply_header("Reason"),
-            )
-        self.external.record(s, host_key, failed=result.host_failed, now=now)
-        KSR.info(f"stirshaken: 302 service {host_key}: {result.detail} (Call-ID {call_id})\n")
-        if result.host_failed and self._ask_external(s, kind, after=index):
+            if not self._external_answered(s, kind, as_result.host_failed, as_result.detail, host_key, index, now):
+                return 1
+            return self._after_as_answer(s, as_result, orig, dest)
+        vs_result = interpret_vs_reply(
+            status,
+            p_asserted_identity=_reply_header("P-Asserted-Identity"),
+            from_=_reply_header("From"),
+            reason=_reply_header("Reason"),
+        )
+        if not self._external_answered(s, kind, vs_result.host_failed, vs_result.detail, host_key, index, now):
             return 1
-        if kind == "as":
-            return self._after_as_answer(s, result, orig, dest)
-        return self._after_vs_answer(s, result)
+        return self._after_vs_answer(s, vs_result)
 
-    def _after_as_answer(self, s: Settings, result: object, orig: str | None, dest: str | None) -> int:
-        outcome = result.outcome  # type: ignore[attr-defined]
+    def _external_answered(
+        self, s: Settings, kind: str, host_failed: bool, detail: str, host_key: str, index: int, now: float
+    ) -> bool:
+        """Count the answer in the host's breaker; False when the next host was asked instead."""
+        self.external.record(s, host_key, failed=host_failed, now=now)
+        KSR.info(f"stirshaken: 302 service {host_key}: {detail} (Call-ID {_call_id()})\n")
+        return not (host_failed and self._ask_external(s, kind, after=index))
+
+    def _after_as_answer(self, s: Settings, result: AsResult, orig: str | None, dest: str | None) -> int:
+        outcome = result.outcome
         if outcome is Outcome.SIGNED and orig and dest:
-            identity, date = result.identity, result.date  # type: ignore[attr-defined]
+            identity, date = result.identity or "", result.date or ""
             KSR.pv.sets(AVP_IDENTITY, identity)
             KSR.pv.sets(AVP_DATE, date)
             self.service.remember_identity(
-                s, call_id=_call_id(), identity=identity, date=date, iat=result.iat,  # type: ignore[attr-defined]
-                orig=orig, dest=dest, attest=result.attest or "",  # type: ignore[attr-defined]
+                s, call_id=_call_id(), identity=identity, date=date, iat=result.iat or 0,
+                orig=orig, dest=dest, attest=result.attest or "",
             )
         elif outcome is Outcome.REFUSED and s.str("as302_refused_action") == "block":
             self._reply(603, "Decline")
@@ -646,9 +652,9 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         self._reply(503, "No Usable Route")  # never the AS's 302: it is not the call's answer
         return EXIT
 
-    def _after_vs_answer(self, s: Settings, result: object) -> int:
-        verdict = result.verdict or VS_UNAVAILABLE  # type: ignore[attr-defined]
-        if result.outcome is Outcome.REFUSED:  # type: ignore[attr-defined]
+    def _after_vs_answer(self, s: Settings, result: VsResult) -> int:
+        verdict = result.verdict or VS_UNAVAILABLE
+        if result.outcome is Outcome.REFUSED:
             self._reply(603, verdict.reason)
             return EXIT
         if not self._apply_verdict(s, verdict, _header_values("Identity")):

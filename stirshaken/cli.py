@@ -258,7 +258,7 @@ def _cmd_decode(args: argparse.Namespace) -> int:
     if len(parts) != 3:
         problems.append("not a header.payload.signature token")
     else:
-        for name, part in zip(("header", "claims"), parts[:2]):
+        for name, part in zip(("header", "claims"), parts[:2], strict=True):
             try:
                 shown = json.dumps(json.loads(b64url_decode(part)), indent=2, sort_keys=True)
             except (VerificationError, ValueError):
