@@ -51,6 +51,9 @@ class ExternalServices:
             except ConfigurationError as exc:
                 log.error("%s: %s; no such service will be asked", HOSTS_SETTING[kind], exc)
                 hosts = ()
+            else:
+                if not hosts:
+                    log.warning("%s is empty: no such service will be asked", HOSTS_SETTING[kind])
             if len(self._hosts) > 32:
                 self._hosts.clear()
             self._hosts[raw] = hosts
