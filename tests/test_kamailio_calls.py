@@ -185,6 +185,17 @@ def test_silent_vendor_times_out_and_the_next_one_gets_the_call(kamailio, routin
         assert header_values(only_invite(vendor), "Identity")
 
 
+def test_cancelled_call_is_not_failed_over(kamailio, routing, sip_dir: Path) -> None:
+    """The caller hangs up while the first vendor rings: 487, and the next vendor never sees the call."""
+    with uas("vendor_ringing/uas.xml", sip_dir) as ringing, uas("vendor/uas.xml", sip_dir) as other:
+        routing([Vendor(ringing.port, REQUIRED), Vendor(other.port, REQUIRED)])
+        result = run_uac(kamailio.port, sip_dir, scenario="call_cancel/uac.xml")
+        assert result.final == "487", result.log
+        assert header_values(only_invite(ringing), "Identity")
+        time.sleep(0.3)
+        assert other.invites() == []
+
+
 def test_all_vendors_failing_gives_the_caller_their_answer(kamailio, routing, sip_dir: Path) -> None:
     with uas("vendor_503/uas.xml", sip_dir) as one, uas("vendor_503/uas.xml", sip_dir) as two:
         routing([Vendor(one.port, REQUIRED), Vendor(two.port, SUPPORTED)])
