@@ -2,7 +2,8 @@
 #
 #   make run        install what is missing, make a dev PKI, start Redis, the
 #                   certificate server and Kamailio in the foreground (Ctrl-C stops all)
-#   make demo-call  one SIPp call through the running service (see README)
+#   make demo-call  two SIPp calls through the running service (see README)
+#   make demo-vendors  SIPp vendors on 5090 and 5092 until Ctrl-C (for your own calls)
 #   make test       install what is missing, run the whole suite (incl. Kamailio)
 #   make bench      library benchmark, then the SIP path and as302 benchmarks
 #   make cfgcheck   kamailio -c on kamailio.cfg
@@ -36,7 +37,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 .PHONY: help deps venv test unit cfgcheck run demo-call demo-vendors bench pki clean
 
 help:
-	@sed -n '2,13p' Makefile
+	@sed -n '2,/^$$/p' Makefile | sed -e 's/^# \{0,1\}//' 
 
 deps:
 	@missing=""; \

@@ -10,7 +10,15 @@ Cases (same machine, same loopback, same SIPp caller and vendor, same rate):
 
 CPU per call = (utime + stime of every Kamailio process, after - before the
 SIPp run) / calls; start-up and the warm-up calls are not counted.  The
-caller and vendor are SIPp on loopback at a fixed, sub-saturating rate.  Cases
+caller and vendor are SIPp on loopback at a fixed, sub-saturating rate.
+Nothing is pinned by default (as deployed); ``--kamailio-cpus 0
+--sipp-cpus 1`` pins.  Pinning makes (b) much cheaper: libsecsipid is Go, and
+on one CPU the Go runtime (GOMAXPROCS=1) probably stops spinning idle threads.
+
+On a small VM, ECDSA signing and verifying cost 3-5 times more inside
+Kamailio than in a tight loop (OpenSSL's P-256 tables are evicted from the
+cache between calls), so (c) and (d) are dominated by the library's
+cryptography; the figures of this bench are what a call really costs.  Cases
 run in rounds, one after the other; each round's figures are divided by that
 round's (a), and the median over rounds is reported, so that noise on a
 shared machine (it is large on a small VM) hits all cases alike.
@@ -19,7 +27,7 @@ Goals (issue 3): (c) <= 1.25 x (a) and (c) < (b); (d) <= 1.4 x (a).
 (c') is (c) with identity_cache_lookup=0 (no Redis read before signing; the
 write stays), to show what the cross-node reuse costs.
 
-Usage: .venv/bin/python bench/bench_sip.py [--rate 300] [--calls 3000] [--rounds 2]
+Usage: .venv/bin/python bench/bench_sip.py [--rate 300] [--calls 3000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, pki, cert_server,
     q = harness.cfg_string
     cdir = work / f"{case.key.replace(chr(39), 'p')}-{time.monotonic_ns()}"
     cdir.mkdir()
-    with harness.uas("vendor/uas.xml", cdir) as vendor:
+    with harness.uas("vendor/uas.xml", cdir, cpus=args.sipp_cpus) as vendor:
         dispatcher = harness.write_dispatcher_list(cdir / "dispatcher.list", [harness.Vendor(vendor.port, case.attrs)])
         defines = {
             "SS_DISPATCHER_LIST": q(str(dispatcher)),
@@ -78,7 +86,8 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, pki, cert_server,
             "SS_LOG_LEVEL": "1",
             **case.extra_defines,
         }
-        kamailio = harness.Kamailio(cdir, defines=defines, cfg=case.cfg, workers=args.workers)
+        kamailio = harness.Kamailio(cdir, defines=defines, cfg=case.cfg, workers=args.workers,
+                                    cpus=args.kamailio_cpus)
         kamailio.start()
         try:
             for name, value in (case.tune or {}).items():
@@ -97,7 +106,8 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, pki, cert_server,
             pids = kamailio.pids()
             before = harness.cpu_seconds(pids)
             result = harness.run_uac(kamailio.port, cdir, headers=headers, calls=args.calls, rate=args.rate,
-                                     timeout=args.calls / args.rate + 60, extra=["-l", "2000"])
+                                     timeout=args.calls / args.rate + 60, extra=["-l", "2000"],
+                                     cpus=args.sipp_cpus)
             after = harness.cpu_seconds(pids)
         finally:
             kamailio.stop()
@@ -111,6 +121,9 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=3000, help="calls per case and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="Kamailio UDP workers, same for every case")
+    parser.add_argument("--kamailio-cpus", default="",
+                        help="pin Kamailio to these CPUs (taskset -c, e.g. 0); default: not pinned, as deployed")
+    parser.add_argument("--sipp-cpus", default="", help="pin the SIPp caller and vendor (e.g. 1)")
     args = parser.parse_args()
 
     cases = [
@@ -149,7 +162,8 @@ def main() -> int:
 
     print()
     print(f"Kamailio CPU per call at {args.rate:g} calls/s, {args.calls} calls per run, median of {args.rounds} "
-          f"rounds, {args.workers} workers:")
+          f"rounds, {args.workers} workers, Kamailio on CPU {args.kamailio_cpus or 'any'}, "
+          f"SIPp on CPU {args.sipp_cpus or 'any'}:")
     print(f"{'case':<48} {'us/call':>8} {'x (a)':>7}   per-round x (a)")
     median: dict[str, float] = {}
     for case in cases:

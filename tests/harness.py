@@ -269,6 +269,13 @@ def service_defines(pki, cert_server: CertServer, redis_url: str, dispatcher_lis
     }
 
 
+def pinned(argv: list[str], cpus: str) -> list[str]:
+    """argv run on the given CPUs (taskset), or as is."""
+    if not cpus:
+        return argv
+    return [shutil.which("taskset") or "/usr/bin/taskset", "-c", cpus, *argv]
+
+
 def cfg_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
@@ -283,6 +290,7 @@ class Kamailio:
     port: int = 0
     workers: int = 4
     env: dict[str, str] = field(default_factory=dict)
+    cpus: str = ""  # e.g. "0": run pinned with taskset (benchmarks)
     proc: Process | None = None
 
     def __post_init__(self) -> None:
@@ -311,7 +319,7 @@ class Kamailio:
         env.update(self.env)
         self.proc = Process(
             "kamailio",
-            self.argv("-DD", "-E", "-w", str(REPO), "-m", "64", "-M", "16"),
+            pinned(self.argv("-DD", "-E", "-w", str(REPO), "-m", "64", "-M", "16"), self.cpus),
             self.workdir / f"kamailio-{self.port}.log",
             cwd=REPO,
             env=env,
@@ -422,14 +430,16 @@ def _sipp_base(scenario: str, workdir: Path, tag: str, port: int) -> list[str]:
 class SippUas:
     """A SIPp vendor (UAS) in the background; ``invites()`` are the INVITEs it received."""
 
-    def __init__(self, scenario: str, workdir: Path, port: int | None = None, extra: Sequence[str] = ()) -> None:
+    def __init__(self, scenario: str, workdir: Path, port: int | None = None, cpus: str = "",
+                 extra: Sequence[str] = ()) -> None:
         self.port = port or free_port()
         self.workdir = workdir
         self.tag = f"uas-{self.port}"
         self.messages = workdir / f"{self.tag}-messages.log"
         self.proc = Process(
             "sipp-uas",
-            _sipp_base(scenario, workdir, self.tag, self.port) + ["-bind_local", "-recv_timeout", "30000", *extra],
+            pinned(_sipp_base(scenario, workdir, self.tag, self.port)
+                   + ["-bind_local", "-recv_timeout", "30000", *extra], cpus),
             workdir / f"{self.tag}.log",
             cwd=workdir,
         )
@@ -477,6 +487,7 @@ def run_uac(
     scenario: str = "call/uac.xml",
     timeout: float = 30,
     extra: Sequence[str] = (),
+    cpus: str = "",
 ) -> SippResult:
     """Run the caller scenario to completion; ``finals`` are the final statuses it logged."""
     if len(headers) > 4:
@@ -495,7 +506,7 @@ def run_uac(
     if rate is not None:
         argv += ["-r", str(rate)]
     argv += list(extra) + [f"{LOOPBACK}:{kamailio_port}"]
-    result = subprocess.run(argv, capture_output=True, text=True, cwd=workdir, timeout=timeout + 30, check=False)
+    result = subprocess.run(pinned(argv, cpus), capture_output=True, text=True, cwd=workdir, timeout=timeout + 30, check=False)
     finals = []
     if log_file.exists():
         finals = re.findall(r"final=(\d+)", log_file.read_text(errors="replace"))
@@ -513,8 +524,8 @@ def header_values(message: str, name: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def uas(scenario: str, workdir: Path, extra: Sequence[str] = ()) -> Iterator[SippUas]:
-    server = SippUas(scenario, workdir, extra=extra)
+def uas(scenario: str, workdir: Path, cpus: str = "", extra: Sequence[str] = ()) -> Iterator[SippUas]:
+    server = SippUas(scenario, workdir, cpus=cpus, extra=extra)
     try:
         yield server
     finally:

@@ -103,6 +103,26 @@ def test_same_call_again_reuses_the_cached_identity(kamailio, routing, sip_dir: 
     assert header_values(one, "Identity") == header_values(two, "Identity")
 
 
+def test_same_call_on_another_node_reuses_the_identity(kamailio, routing, sip_dir: Path, workdir: Path) -> None:
+    """Two Kamailio nodes sharing Redis: the call retried on node 2 carries node 1's Identity."""
+    call_id = f"node-{uuid.uuid4().hex}@127.0.0.1"
+    with uas("vendor/uas.xml", sip_dir) as first, uas("vendor/uas.xml", sip_dir) as second:
+        routing([Vendor(first.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
+        node2_dir = sip_dir / "node2"
+        node2_dir.mkdir()
+        node2_list = harness.write_dispatcher_list(node2_dir / "dispatcher.list", [Vendor(second.port, REQUIRED)])
+        defines = dict(kamailio.defines, SS_DISPATCHER_LIST=harness.cfg_string(str(node2_list)))
+        node2 = harness.Kamailio(node2_dir, defines=defines, workers=2).start()
+        try:
+            assert run_uac(node2.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
+        finally:
+            node2.stop()
+        one, two = only_invite(first), only_invite(second)
+    assert header_values(one, "Identity") == header_values(two, "Identity")
+    assert header_values(one, "Date") == header_values(two, "Date")
+
+
 def test_disabled_entry_strips_the_identity(kamailio, routing, sip_dir: Path, pki, cert_server) -> None:
     signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
     with uas("vendor/uas.xml", sip_dir) as vendor:
@@ -183,6 +203,17 @@ def test_silent_vendor_times_out_and_the_next_one_gets_the_call(kamailio, routin
         routing([Vendor(silent, REQUIRED), Vendor(vendor.port, REQUIRED)])
         assert run_uac(kamailio.port, sip_dir).final == "200"
         assert header_values(only_invite(vendor), "Identity")
+
+
+def test_cancelled_call_is_not_failed_over(kamailio, routing, sip_dir: Path) -> None:
+    """The caller hangs up while the first vendor rings: 487, and the next vendor never sees the call."""
+    with uas("vendor_ringing/uas.xml", sip_dir) as ringing, uas("vendor/uas.xml", sip_dir) as other:
+        routing([Vendor(ringing.port, REQUIRED), Vendor(other.port, REQUIRED)])
+        result = run_uac(kamailio.port, sip_dir, scenario="call_cancel/uac.xml")
+        assert result.final == "487", result.log
+        assert header_values(only_invite(ringing), "Identity")
+        time.sleep(0.3)
+        assert other.invites() == []
 
 
 def test_all_vendors_failing_gives_the_caller_their_answer(kamailio, routing, sip_dir: Path) -> None:
