@@ -68,13 +68,19 @@ VENV_SITE_PACKAGES = _use_project_venv()
 
 import KSR  # noqa: E402  (provided by app_python3; a fake in unit tests)
 
-from stirshaken.as302 import AsResult, Outcome, VsResult, interpret_as_reply, interpret_vs_reply  # noqa: E402
-from stirshaken.external import ExternalServices  # noqa: E402
-from stirshaken.policy import Action, EntryPolicy, after_obtain, decide, parse_entry_attrs  # noqa: E402
-from stirshaken.service import Obtained, Service  # noqa: E402
-from stirshaken.verifier import NO_TN_VALIDATION, Verdict  # noqa: E402
-from stirshaken.settings import BY_NAME, GROUP, Settings  # noqa: E402
-from stirshaken.verstat import with_verstat  # noqa: E402
+try:
+    from stirshaken.as302 import AsResult, Outcome, VsResult, interpret_as_reply, interpret_vs_reply
+    from stirshaken.external import ExternalServices
+    from stirshaken.policy import Action, EntryPolicy, after_obtain, decide, parse_entry_attrs
+    from stirshaken.service import Obtained, Service
+    from stirshaken.settings import BY_NAME, GROUP, Settings
+    from stirshaken.verifier import NO_TN_VALIDATION, Verdict
+    from stirshaken.verstat import with_verstat
+except ImportError as exc:  # Kamailio logs this at start-up and refuses to run
+    raise ImportError(
+        f"cannot import the stirshaken package ({exc}); build the virtualenv with `make venv` "
+        f"(next to kemi/, or set STIRSHAKEN_VENV); site-packages found: {VENV_SITE_PACKAGES}"
+    ) from exc
 
 SETTINGS_REFRESH = 1.0
 """Seconds a process keeps the stirshaken.* values it read (a live change applies within this)."""
