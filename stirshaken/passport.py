@@ -22,6 +22,8 @@ import binascii
 import json
 import re
 from dataclasses import dataclass
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature as _CryptoInvalidSignature
@@ -75,7 +77,7 @@ class Passport:
     dest: tuple[str, ...]
     iat: int
     origid: str
-    header: dict[str, Any]
+    header: Mapping[str, Any]  # shared between tokens with the same header: read-only
     claims: dict[str, Any]
     signing_input: bytes
     signature: bytes
@@ -174,11 +176,11 @@ def decode_passport(token: str) -> Passport:
 
 # A signer uses one protected header for every call: a verifier sees the
 # same few, so each is decoded and checked once.
-_HEADER_CACHE: dict[str, dict[str, Any]] = {}
+_HEADER_CACHE: dict[str, Mapping[str, Any]] = {}
 _HEADER_CACHE_SIZE = 256
 
 
-def _checked_header(header_b64: str) -> dict[str, Any]:
+def _checked_header(header_b64: str) -> Mapping[str, Any]:
     header = _json_object(b64url_decode(header_b64), "header")
     if header.get("alg") != "ES256":
         raise InvalidIdentity("PASSporT alg is not ES256 (RFC 8588 §4)")
@@ -191,8 +193,9 @@ def _checked_header(header_b64: str) -> dict[str, Any]:
         raise InvalidIdentity("PASSporT has no x5u (RFC 8225 §4.3)")
     if len(_HEADER_CACHE) >= _HEADER_CACHE_SIZE:
         _HEADER_CACHE.clear()
-    _HEADER_CACHE[header_b64] = header
-    return header
+    frozen = MappingProxyType(header)
+    _HEADER_CACHE[header_b64] = frozen
+    return frozen
 
 
 def _json_object(data: bytes, what: str) -> dict[str, Any]:
