@@ -91,6 +91,12 @@ EXIT = -255
 BRANCH_ROUTE = "ksr_branch_manage"
 FAILURE_ROUTE = "ksr_failure_manage"
 
+SANITY_CHECKS = 17895
+"""sanity module checks, as Kamailio's default cfg: R-URI, required headers, CSeq,
+Content-Length, Expires, URIs parseable, first Via."""
+SANITY_URI_CHECKS = 7
+"""URIs that must parse: R-URI, From, To."""
+
 DS_ALG_PRIORITY = 8
 """Dispatcher algorithm: entries in priority order (serial forking)."""
 
@@ -293,6 +299,10 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         self.service.flush_if_due()
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return EXIT
+        if KSR.sanity.sanity_check(SANITY_CHECKS, SANITY_URI_CHECKS) < 0:
+            # the sanity module has answered (400, 420, ...): nothing to add
+            KSR.info(f"stirshaken: malformed request from {_gete('$si')} refused (Call-ID {_call_id()})\n")
             return EXIT
         if KSR.siputils.has_totag() > 0:
             return self.ksr_route_withindlg()

@@ -114,6 +114,7 @@ class FakeKSR:
         })
         self.rr = _Namespace(self, "rr", {"record_route": self._record_route, "loose_route": lambda: -1})
         self.maxfwd = _Namespace(self, "maxfwd", {"process_maxfwd": lambda limit: 1})
+        self.sanity = _Namespace(self, "sanity", {"sanity_check": self._sanity_check})
         self.siputils = _Namespace(self, "siputils", {"has_totag": lambda: 1 if self.msg.to_tag else -1})
         self.dispatcher = _Namespace(self, "dispatcher", {"ds_select_dst": self._ds_select,
                                                           "ds_next_dst": self._ds_next})
@@ -128,6 +129,7 @@ class FakeKSR:
         self.replies: list[tuple[int, str]] = []
         self.branches: list[Branch] = []
         self.retransmission = False
+        self.insane: tuple[int, str] | None = None  # sanity_check fails, answering this
         self.relay_fails: set[str] = set()
         self.on_branch: str | None = None
         self.on_failure: str | None = None
@@ -310,6 +312,14 @@ class FakeKSR:
         if not isinstance(code, int):
             raise UnexpectedCall(f"reply code must be an int, got {code!r}")
         self.replies.append((code, reason))
+        return 1
+
+    def _sanity_check(self, checks: int, uri_checks: int) -> int:
+        if not (isinstance(checks, int) and isinstance(uri_checks, int)):
+            raise UnexpectedCall("sanity_check takes ints")
+        if self.insane is not None:
+            self.replies.append(self.insane)  # the module answers by itself
+            return -1
         return 1
 
     def _t_check_trans(self) -> int:

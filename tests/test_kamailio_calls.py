@@ -413,6 +413,67 @@ def test_malformed_callers_get_a_defined_answer(kamailio, routing, sip_dir: Path
     assert "Unhandled exception" not in kamailio.log_text()
 
 
+def raw_request(port: int, lines: list[str], timeout: float = 1.0) -> list[str]:
+    """Send one datagram built from *lines*; the status lines of every answer within *timeout*."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(timeout)
+        local = s.getsockname()[1]
+        s.sendto(("\r\n".join(lines).replace("LOCALPORT", str(local)) + "\r\n\r\n").encode("latin-1"),
+                 ("127.0.0.1", port))
+        answers = []
+        try:
+            while True:
+                data, _ = s.recvfrom(65535)
+                answers.append(data.split(b"\r\n", 1)[0].decode("latin-1"))
+        except TimeoutError:
+            pass
+        return answers
+
+
+def raw_invite(**replace: str) -> list[str]:
+    headers = {
+        "Via": f"SIP/2.0/UDP 127.0.0.1:LOCALPORT;branch=z9hG4bK{uuid.uuid4().hex}",
+        "From": f"<sip:{CALLER}@127.0.0.1>;tag={uuid.uuid4().hex[:8]}",
+        "To": f"<sip:{CALLEE}@127.0.0.1>",
+        "Call-ID": uuid.uuid4().hex,
+        "CSeq": "1 INVITE",
+        "Max-Forwards": "70",
+        "Content-Length": "0",
+    }
+    headers.update(replace)
+    return [f"INVITE sip:{CALLEE}@127.0.0.1 SIP/2.0"] + [f"{k}: {v}" for k, v in headers.items() if v]
+
+
+@pytest.mark.parametrize(
+    ("replace", "expected"),
+    [
+        ({"From": "<<<"}, "400"),
+        ({"CSeq": "x INVITE"}, "400"),
+        ({"CSeq": "1 BYE"}, "400"),
+        ({"Content-Length": "999"}, "400"),
+        ({"Max-Forwards": "0"}, "483"),
+    ],
+)
+def test_malformed_invites_get_a_sip_answer(kamailio, routing, sip_dir: Path, replace: dict[str, str],
+                                            expected: str) -> None:
+    with uas("vendor/uas.xml", sip_dir) as vendor:
+        routing([Vendor(vendor.port, REQUIRED)])
+        answers = raw_request(kamailio.port, raw_invite(**replace))
+        assert answers and answers[-1].split()[1] == expected, answers
+        assert vendor.invites() == []
+
+
+def test_requests_kamailio_cannot_answer_do_not_hurt_it(kamailio) -> None:
+    """No From / Call-ID / Via, unparsable To, junk: Kamailio's core drops them before any route runs
+    (it has nowhere sane to answer); it stays up and answers the next request."""
+    for lines in (raw_invite(From=""), raw_invite(**{"Call-ID": ""}), raw_invite(Via=""), raw_invite(To="x <sip:"),
+                  ["\x00\xff\xfe garbage"], ["INVITE"], []):
+        raw_request(kamailio.port, lines, timeout=0.2)
+    assert kamailio.alive()
+    assert harness.sip_options(kamailio.port) is not None
+
+
 def test_redis_stopped_mid_run_calls_keep_flowing(kamailio, routing, sip_dir: Path, redis_server, verifier) -> None:
     with uas("vendor/uas.xml", sip_dir) as vendor:
         routing([Vendor(vendor.port, REQUIRED)])

@@ -330,6 +330,13 @@ def test_relay_failure_tries_the_next_entry(ksr: FakeKSR, handler: Any) -> None:
 
 
 # -- other requests -------------------------------------------------------------------
+def test_malformed_request_is_left_to_the_sanity_module(ksr: FakeKSR, handler: Any) -> None:
+    ksr.reset(invite(), entries=[Entry("sip:127.0.0.1:5090", SUPPORTED)])
+    ksr.insane = (400, "Bad From header")
+    assert handler.ksr_request_route(ksr.msg) == -255
+    assert ksr.replies == [(400, "Bad From header")] and ksr.branches == []
+
+
 def test_retransmission_is_absorbed(ksr: FakeKSR, handler: Any) -> None:
     ksr.reset(invite(), entries=[Entry("sip:127.0.0.1:5090", REQUIRED)])
     ksr.retransmission = True
