@@ -42,6 +42,24 @@ _TN = re.compile(r"[0-9*#]{1,15}")
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 
 
+def _signing_algorithm() -> ec.ECDSA:
+    """RFC 8225 §4.2 recommends deterministic ECDSA (RFC 6979): used where OpenSSL has it.
+
+    Besides following the recommendation, a nonce derived from key and
+    message cannot repeat across forked Kamailio workers.
+    """
+    try:
+        algorithm = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
+        key = ec.generate_private_key(ec.SECP256R1())
+        key.sign(b"probe", algorithm)
+        return algorithm
+    except Exception:  # noqa: BLE001 - older OpenSSL: randomised ECDSA is still valid ES256
+        return _ECDSA_SHA256
+
+
+_ECDSA_SIGN = _signing_algorithm()
+
+
 def b64url_encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -104,7 +122,7 @@ def encode_header(x5u: str) -> bytes:
 
 def sign_es256(private_key: ec.EllipticCurvePrivateKey, signing_input: bytes) -> str:
     """ES256 over the signing input, returned as base64url(R || S) (RFC 7518 §3.4)."""
-    r, s = decode_dss_signature(private_key.sign(signing_input, _ECDSA_SHA256))
+    r, s = decode_dss_signature(private_key.sign(signing_input, _ECDSA_SIGN))
     return b64url_encode(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
 
 

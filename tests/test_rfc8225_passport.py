@@ -160,3 +160,12 @@ def test_decoder_raises_only_its_own_errors(token: str) -> None:
         decode_passport(token)
     except (InvalidIdentity, UnsupportedPassportType):
         pass
+
+
+def test_signatures_are_deterministic_where_openssl_supports_it() -> None:
+    """RFC 6979: the same key and signing input give the same signature."""
+    from stirshaken import passport
+
+    if passport._ECDSA_SIGN is passport._ECDSA_SHA256:
+        pytest.skip("this OpenSSL has no deterministic ECDSA")
+    assert sign_es256(private_key(), b"a.b") == sign_es256(private_key(), b"a.b")
