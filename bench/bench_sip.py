@@ -9,34 +9,42 @@ Cases (same machine, same loopback, same SIPp caller and vendor, same rate):
                                       Identity, certificate cache warm
 
 CPU per call = (utime + stime of every Kamailio process, after - before the
-SIPp run) / calls; start-up and the warm-up calls are not counted.  The
-caller and vendor are SIPp on loopback at a fixed, sub-saturating rate.
-Nothing is pinned by default (as deployed); ``--kamailio-cpus 0
---sipp-cpus 1`` pins.  Pinning makes (b) much cheaper: libsecsipid is Go, and
-on one CPU the Go runtime (GOMAXPROCS=1) probably stops spinning idle threads.
+SIPp run) / calls; start-up and the warm-up calls are not counted.  Each
+case has its own Kamailio, SIPp caller and SIPp vendor on loopback, at a
+fixed sub-saturating rate.  By default the cases of a round run *at the same
+time* (one Kamailio each): on a small shared VM the CPU cost of the same work
+swings by +-30 % from minute to minute, and running the cases side by side
+makes those swings hit them alike; ``--sequential`` runs them one after the
+other instead.  Each round's figures are divided by that round's (a) and the
+median over rounds is reported.  Nothing is pinned by default (as deployed);
+``--kamailio-cpus 0 --sipp-cpus 1`` pins.  Pinning makes (b) much cheaper:
+libsecsipid is Go, and on one CPU the Go runtime (GOMAXPROCS=1) probably
+stops spinning idle threads.
 
 On a small VM, ECDSA signing and verifying cost 3-5 times more inside
 Kamailio than in a tight loop (OpenSSL's P-256 tables are evicted from the
 cache between calls), so (c) and (d) are dominated by the library's
-cryptography; the figures of this bench are what a call really costs.  Cases
-run in rounds, one after the other; each round's figures are divided by that
-round's (a), and the median over rounds is reported, so that noise on a
-shared machine (it is large on a small VM) hits all cases alike.
+cryptography; the figures of this bench are what a call really costs.
 
 Goals (issue 3): (c) <= 1.25 x (a) and (c) < (b); (d) <= 1.4 x (a).
 (c') is (c) with identity_cache_lookup=0 (no Redis read before signing; the
-write stays), to show what the cross-node reuse costs.
+write stays), to show what the cross-node reuse costs; (r) is this service
+with verification off and a "supported" entry (no signing): the price of the
+Python KEMI routing alone.
 
-Usage: .venv/bin/python bench/bench_sip.py [--rate 300] [--calls 3000] [--rounds 3]
+Usage: .venv/bin/python bench/bench_sip.py [--rate 100] [--calls 2000] [--rounds 3] [--sequential]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +76,9 @@ class Measure:
     cpu_us_per_call: float
 
 
-def run_case(case: Case, args: argparse.Namespace, work: Path, pki, cert_server, redis) -> Measure:  # type: ignore[no-untyped-def]
+@contextlib.contextmanager
+def instance(case: Case, args: argparse.Namespace, work: Path, pki, cert_server, redis) -> Iterator[Prepared]:  # type: ignore[no-untyped-def]
+    """A Kamailio for *case* with its SIPp vendor, warmed up (certificate cache, signer, connections)."""
     q = harness.cfg_string
     cdir = work / f"{case.key.replace(chr(39), 'p')}-{time.monotonic_ns()}"
     cdir.mkdir()
@@ -98,27 +108,53 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, pki, cert_server,
             if case.signed_invites:
                 signer = Signer.from_files(key_path=pki.key, x5u=cert_server.url("sp.pem"), cert_path=pki.cert)
                 signed = signer.sign(orig="12155550121", dest=["12155550131"], attest="A")
-                headers = [f"P-Asserted-Identity: <sip:+12155550121@127.0.0.1>", f"Identity: {signed.identity}",
+                headers = ["P-Asserted-Identity: <sip:+12155550121@127.0.0.1>", f"Identity: {signed.identity}",
                            f"Date: {signed.date}"]
             warm = harness.run_uac(kamailio.port, cdir, headers=headers, calls=20, rate=20)
             if warm.finals.count("200") != 20:
                 raise RuntimeError(f"{case.key}: warm-up calls failed: {warm.finals}\n{warm.log}")
-            pids = kamailio.pids()
-            before = harness.cpu_seconds(pids)
-            result = harness.run_uac(kamailio.port, cdir, headers=headers, calls=args.calls, rate=args.rate,
-                                     timeout=args.calls / args.rate + 60, extra=["-l", "2000"],
-                                     cpus=args.sipp_cpus)
-            after = harness.cpu_seconds(pids)
+            yield Prepared(case, kamailio, headers, cdir)
         finally:
             kamailio.stop()
-    ok = result.finals.count("200")
-    return Measure(args.calls, ok, (after - before) / args.calls * 1e6)
+
+
+@dataclass
+class Prepared:
+    case: Case
+    kamailio: harness.Kamailio
+    headers: list[str]
+    cdir: Path
+
+
+def measure(prepared: list[Prepared], args: argparse.Namespace) -> dict[str, Measure]:
+    """Run the SIPp callers of all *prepared* cases at once; CPU per call of each Kamailio."""
+    pids = {p.case.key: p.kamailio.pids() for p in prepared}
+    results: dict[str, harness.SippResult] = {}
+
+    def call(p: Prepared) -> None:
+        results[p.case.key] = harness.run_uac(
+            p.kamailio.port, p.cdir, headers=p.headers, calls=args.calls, rate=args.rate,
+            timeout=args.calls / args.rate + 60, extra=["-l", "2000"], cpus=args.sipp_cpus)
+
+    before = {key: harness.cpu_seconds(p) for key, p in pids.items()}
+    threads = [threading.Thread(target=call, args=(p,)) for p in prepared]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    after = {key: harness.cpu_seconds(p) for key, p in pids.items()}
+    return {
+        key: Measure(args.calls, results[key].finals.count("200"), (after[key] - before[key]) / args.calls * 1e6)
+        for key in pids
+    }
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=300, help="calls per second (sub-saturating)")
-    parser.add_argument("--calls", type=int, default=3000, help="calls per case and round")
+    parser.add_argument("--rate", type=float, default=100, help="calls per second per case (sub-saturating)")
+    parser.add_argument("--calls", type=int, default=2000, help="calls per case and round")
+    parser.add_argument("--sequential", action="store_true",
+                        help="one case after the other (default: all cases at once, so noise hits them alike)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=4, help="Kamailio UDP workers, same for every case")
     parser.add_argument("--kamailio-cpus", default="",
@@ -135,6 +171,8 @@ def main() -> int:
              "ss_enabled=1;ss_policy=supported", True),
         Case("c'", "(c) without the cross-node cache lookup", REPO / "kamailio.cfg", {},
              "ss_enabled=1;ss_policy=required", False, {"identity_cache_lookup": 0}),
+        Case("r", "this service with STIR off (KEMI relay)", REPO / "kamailio.cfg", {},
+             "ss_enabled=1;ss_policy=supported", False, {"vs_enabled": 0}),
     ]
     with tempfile.TemporaryDirectory(prefix="bench-sip-") as tmp:
         work = Path(tmp)
@@ -145,11 +183,19 @@ def main() -> int:
         ratios: dict[str, list[float]] = {case.key: [] for case in cases}
         try:
             for round_no in range(1, args.rounds + 1):
-                base_round = 0.0
+                if args.sequential:
+                    measures = {}
+                    for case in cases:
+                        with instance(case, args, work, pki, cert_server, redis) as prepared:
+                            measures.update(measure([prepared], args))
+                else:
+                    with contextlib.ExitStack() as stack:
+                        prepared = [stack.enter_context(instance(case, args, work, pki, cert_server, redis))
+                                    for case in cases]
+                        measures = measure(prepared, args)
+                base_round = measures["a"].cpu_us_per_call
                 for case in cases:
-                    m = run_case(case, args, work, pki, cert_server, redis)
-                    if case.key == "a":
-                        base_round = m.cpu_us_per_call
+                    m = measures[case.key]
                     runs[case.key].append(m)
                     ratios[case.key].append(m.cpu_us_per_call / base_round)
                     print(f"round {round_no} ({case.key}) {case.title}: {m.cpu_us_per_call:.0f} us/call "
@@ -161,7 +207,9 @@ def main() -> int:
             redis.stop()
 
     print()
-    print(f"Kamailio CPU per call at {args.rate:g} calls/s, {args.calls} calls per run, median of {args.rounds} "
+    mode = "one case at a time" if args.sequential else "all cases at once"
+    print(f"Kamailio CPU per call at {args.rate:g} calls/s per case ({mode}), {args.calls} calls per run, "
+          f"median of {args.rounds} "
           f"rounds, {args.workers} workers, Kamailio on CPU {args.kamailio_cpus or 'any'}, "
           f"SIPp on CPU {args.sipp_cpus or 'any'}:")
     print(f"{'case':<48} {'us/call':>8} {'x (a)':>7}   per-round x (a)")
