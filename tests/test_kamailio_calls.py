@@ -474,7 +474,9 @@ def test_requests_kamailio_cannot_answer_do_not_hurt_it(kamailio) -> None:
     assert harness.sip_options(kamailio.port) is not None
 
 
-def test_redis_stopped_mid_run_calls_keep_flowing(kamailio, routing, sip_dir: Path, redis_server, verifier) -> None:
+def test_redis_stopped_mid_run_calls_keep_flowing(kamailio, routing, sip_dir: Path, redis_server, verifier,
+                                                  pki, cert_server) -> None:
+    signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
     with uas("vendor/uas.xml", sip_dir) as vendor:
         routing([Vendor(vendor.port, REQUIRED)])
         assert run_uac(kamailio.port, sip_dir).final == "200"
@@ -483,11 +485,16 @@ def test_redis_stopped_mid_run_calls_keep_flowing(kamailio, routing, sip_dir: Pa
         try:
             result = run_uac(kamailio.port, sip_dir, calls=20, rate=50)
             assert result.finals == ["200"] * 20, result.log
+            # verification goes on too (certificates from the in-process cache)
+            result = run_uac(kamailio.port, sip_dir, headers=[PAI, *identity_headers(signed)], calls=5, rate=50)
+            assert result.finals == ["200"] * 5, result.log
         finally:
             redis_server.start()
         invites = vendor.invites()
-        assert len(invites) == 21
-        last = invites[-1]
+        assert len(invites) == 26
+        for verified in invites[-5:]:
+            assert "verstat=TN-Validation-Passed" in header_values(verified, "P-Asserted-Identity")[0]
+        last = invites[-6]
         assert verifier.verify(header_values(last, "Identity"), date=header_values(last, "Date")[0],
                                orig=ORIG, dest=[DEST]).passed
         # one log line for the outage, whichever worker met it first
