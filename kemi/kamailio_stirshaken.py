@@ -380,6 +380,11 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 if verdict.passed:
                     rx_usable = True
                     KSR.info(f"stirshaken: Identity verified, attest {verdict.attest} (Call-ID {call_id})\n")
+                elif verdict.sip_status == 428:
+                    # only Identity headers of other PASSporT types (ppt): as if there were none
+                    if s.int("vs_require_identity"):
+                        self._reply(428, "Use Identity Header")
+                        return False
                 else:
                     status, reason = verdict.sip_status, verdict.reason
                     KSR.info(

@@ -194,6 +194,25 @@ def test_failed_identity_may_be_passed_on_when_configured(ksr: FakeKSR, handler:
     assert branch.values("Reason") == []
 
 
+NO_SUPPORTED = FakeVerdict("No-TN-Validation", 428, "Use Identity Header", "no Identity with a supported ppt")
+
+
+def test_only_unsupported_ppt_is_treated_as_no_identity(ksr: FakeKSR, handler: Any) -> None:
+    handler.service.verdict = NO_SUPPORTED
+    ksr.settings["vs_failure_action"] = "reject"  # not a failed verification: nothing to reject
+    assert route(ksr, handler, with_identity(), [SUPPORTED]) == 1
+    (branch,) = ksr.branches
+    assert "verstat=No-TN-Validation" in branch.values("P-Asserted-Identity")[0]
+    assert branch.values("Reason") == []
+
+
+def test_only_unsupported_ppt_gets_428_where_identity_is_required(ksr: FakeKSR, handler: Any) -> None:
+    handler.service.verdict = NO_SUPPORTED
+    ksr.settings["vs_require_identity"] = 1
+    assert route(ksr, handler, with_identity(), [SUPPORTED]) == -255
+    assert ksr.replies == [(428, "Use Identity Header")]
+
+
 def test_verification_unavailable_is_no_tn_validation_and_continues(ksr: FakeKSR, handler: Any) -> None:
     handler.service.verdict = InternalFailure("verifier not configured")
     ksr.settings["vs_failure_action"] = "reject"  # a 5xx internal failure is never a rejection
