@@ -79,23 +79,12 @@ class Measure:
 @contextlib.contextmanager
 def instance(case: Case, args: argparse.Namespace, work: Path, pki, cert_server, redis) -> Iterator[Prepared]:  # type: ignore[no-untyped-def]
     """A Kamailio for *case* with its SIPp vendor, warmed up (certificate cache, signer, connections)."""
-    q = harness.cfg_string
     cdir = work / f"{case.key.replace(chr(39), 'p')}-{time.monotonic_ns()}"
     cdir.mkdir()
     with harness.uas("vendor/uas.xml", cdir, cpus=args.sipp_cpus) as vendor:
         dispatcher = harness.write_dispatcher_list(cdir / "dispatcher.list", [harness.Vendor(vendor.port, case.attrs)])
-        defines = {
-            "SS_DISPATCHER_LIST": q(str(dispatcher)),
-            "SS_REDIS_URL": q(redis.url),
-            "SS_AS_KEY_PATH": q(str(pki.key)),
-            "SS_AS_CERT_PATH": q(str(pki.cert)),
-            "SS_AS_X5U": q(cert_server.url("sp.pem")),
-            "SS_VS_TRUST_DIR": q(str(pki.trust_dir)),
-            "SS_VS_TLS_CA_FILE": q(str(pki.root)),
-            "SS_VS_X5U_PORTS": q(f"443,8443,{cert_server.port}"),
-            "SS_LOG_LEVEL": "1",
-            **case.extra_defines,
-        }
+        defines = harness.service_defines(pki, cert_server, redis.url, dispatcher, SS_LOG_LEVEL="1",
+                                          **case.extra_defines)
         kamailio = harness.Kamailio(cdir, defines=defines, cfg=case.cfg, workers=args.workers,
                                     cpus=args.kamailio_cpus)
         kamailio.start()
