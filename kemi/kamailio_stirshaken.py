@@ -428,7 +428,12 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         )
         KSR.tm.t_newtran()  # retransmissions get the same answer, not a new signature
         for name, value in answer.headers:
-            KSR.hdr.append_to_reply(f"{name}: {value}\r\n")
+            if name == "Contact":
+                # tm writes a 3xx reply's Contact from the destination set (and
+                # warns on every reply when that set is empty): give it the URI
+                KSR.pv.sets("$ru", value.strip("<>"))
+            else:
+                KSR.hdr.append_to_reply(f"{name}: {value}\r\n")
         KSR.tm.t_reply(answer.status, answer.reason)
         return EXIT
 

@@ -140,6 +140,7 @@ class FakeKSR:
         self._reply_headers: dict[str, str] = {}
         self.reply_headers: list[tuple[str, str]] = []
         self.du: str | None = None
+        self.ruri_set: str | None = None  # $ru as set by the script (a 3xx reply's Contact)
         self._request = _Level()
         self._failure: _Level | None = None
         self._branch: _Level | None = None
@@ -195,7 +196,7 @@ class FakeKSR:
         if name == "$rU":
             return self.msg.ruri_user or None
         if name == "$ru":
-            return f"sip:{self.msg.ruri_user}@127.0.0.1"
+            return self.ruri_set or f"sip:{self.msg.ruri_user}@127.0.0.1"
         if name == "$fd":
             return "127.0.0.1"
         if name == "$du":
@@ -269,6 +270,9 @@ class FakeKSR:
         return 1
 
     def _pv_set(self, name: str, value: object) -> int:
+        if name == "$ru":
+            self.ruri_set = str(value)
+            return 1
         if name == "$du":
             self.du = str(value)
             return 1

@@ -289,6 +289,7 @@ class Kamailio:
     cfg: Path = REPO / "kamailio.cfg"
     port: int = 0
     workers: int = 4
+    shm_mb: int = 256  # a call's transactions stay ~5 s after it ends: bursts need room
     env: dict[str, str] = field(default_factory=dict)
     cpus: str = ""  # e.g. "0": run pinned with taskset (benchmarks)
     proc: Process | None = None
@@ -319,7 +320,7 @@ class Kamailio:
         env.update(self.env)
         self.proc = Process(
             "kamailio",
-            pinned(self.argv("-DD", "-E", "-w", str(REPO), "-m", "64", "-M", "16"), self.cpus),
+            pinned(self.argv("-DD", "-E", "-w", str(REPO), "-m", str(self.shm_mb), "-M", "16"), self.cpus),
             self.workdir / f"kamailio-{self.port}.log",
             cwd=REPO,
             env=env,
