@@ -453,7 +453,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             found = KSR.dispatcher.ds_select_dst(s.int("route_group"), DS_ALG_PRIORITY) > 0
         else:
             found = KSR.dispatcher.ds_next_dst() > 0
-        can_obtain = provider != "disabled" and KSR.pv.get(AVP_OBTAIN_FAILED) != 1
+        can_obtain = provider == "local" or (provider == "as302" and KSR.pv.get(AVP_OBTAIN_FAILED) != 1)
         while found:
             entry = _entry_policy(KSR.pv.get(ENTRY_ATTRS_PV))
             obtained = self._call_identity_obtained()

@@ -51,7 +51,7 @@ from .identity import parse_identity
 from .passport import decode_passport
 from .signer import Signer
 from .sipdate import format_sip_date, parse_sip_date
-from .tn import InvalidNumber, canonical_tn, tn_from_uri
+from .tn import canonical_or_raw, tn_from_uri
 from .verifier import NO_TN_VALIDATION, TN_VALIDATION_FAILED, TN_VALIDATION_PASSED, Verdict
 
 DEFAULT_SIP_PORT = 5060
@@ -240,9 +240,9 @@ def interpret_as_reply(
         return AsResult(outcome=Outcome.NO_SIGNATURE, detail=f"AS Identity unusable: {exc.detail}")
     if passport.x5u != header.info:
         return AsResult(outcome=Outcome.NO_SIGNATURE, detail="AS Identity: x5u differs from info")
-    if _canonical(passport.orig, country_code) != orig:
+    if canonical_or_raw(passport.orig, country_code) != orig:
         return AsResult(outcome=Outcome.NO_SIGNATURE, detail="AS Identity signs another calling number")
-    claimed = {_canonical(tn, country_code) for tn in passport.dest}
+    claimed = {canonical_or_raw(tn, country_code) for tn in passport.dest}
     if not any(tn in claimed for tn in dest):
         return AsResult(outcome=Outcome.NO_SIGNATURE, detail="AS Identity signs another called number")
     if abs(now - passport.iat) > max_age:
@@ -263,13 +263,6 @@ def interpret_as_reply(
         iat=passport.iat,
         attest=passport.attest,
     )
-
-
-def _canonical(tn: str, country_code: str) -> str:
-    try:
-        return canonical_tn(tn, country_code)
-    except InvalidNumber:
-        return tn
 
 
 # -- the client's view of a VS answer -----------------------------------------

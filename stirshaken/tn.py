@@ -62,6 +62,18 @@ def _to_e164(number: str, country_code: str) -> str:
     return number
 
 
+def canonical_or_raw(tn: str, country_code: str = "") -> str:
+    """canonical_tn, or the value unchanged when it is not a number.
+
+    For comparing a PASSporT's claims with the call: a claim that is not a
+    number then simply does not match (RFC 8224 §8.3: both sides alike).
+    """
+    try:
+        return canonical_tn(tn, country_code)
+    except InvalidNumber:
+        return tn
+
+
 def tn_from_uri(uri: str, country_code: str = "") -> str | None:
     """Canonical number in a SIP, SIPS or tel URI, or None when it holds none.
 

@@ -46,7 +46,7 @@ from .errors import (
 from .identity import MAX_IDENTITY_LENGTH, parse_identity, split_identity_values
 from .passport import Passport, decode_passport, verify_es256
 from .sipdate import parse_sip_date
-from .tn import InvalidNumber, canonical_tn
+from .tn import canonical_or_raw
 
 TN_VALIDATION_PASSED = "TN-Validation-Passed"
 TN_VALIDATION_FAILED = "TN-Validation-Failed"
@@ -226,10 +226,10 @@ class Verifier:
             raise StaleDate(f"iat is {now - passport.iat} s from now (window {self.max_age} s)")
         self._check_date(date, now)
 
-        if orig is not None and self._canonical(passport.orig) != orig:
+        if orig is not None and canonical_or_raw(passport.orig, self.country_code) != orig:
             raise InvalidIdentity("orig in the PASSporT does not match the calling number")
         if dest is not None:
-            claimed = {self._canonical(tn) for tn in passport.dest}
+            claimed = {canonical_or_raw(tn, self.country_code) for tn in passport.dest}
             if not any(tn in claimed for tn in dest):
                 raise InvalidIdentity("dest in the PASSporT does not match the called number")
 
@@ -256,11 +256,6 @@ class Verifier:
         if abs(now - seconds) > self.max_age:
             raise StaleDate(f"Date is {now - seconds} s from now (window {self.max_age} s)")
 
-    def _canonical(self, tn: str) -> str:
-        try:
-            return canonical_tn(tn, self.country_code)
-        except InvalidNumber:
-            return tn
 
 
 def _failed(error: VerificationError, value: str) -> Verdict:

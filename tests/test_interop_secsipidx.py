@@ -14,6 +14,8 @@ pytestmark = pytest.mark.skipif(SECSIPIDX is None, reason="secsipidx is installe
 X5U = "https://cert.example.org/sp.pem"
 
 
+# secsipidx -check treats a token as expired once its iat is -expire seconds
+# old, and -expire defaults to 0: without it a second boundary fails the check.
 def _secsipidx(*args: str) -> subprocess.CompletedProcess[str]:
     assert SECSIPIDX is not None
     return subprocess.run([SECSIPIDX, *args], capture_output=True, text=True, timeout=30, check=False)
@@ -33,12 +35,12 @@ def _our_identity() -> str:
 
 
 def test_secsipidx_accepts_our_identity() -> None:
-    checked = _secsipidx("-check", "-identity", _our_identity(), "-p", str(PUBLIC_KEY_PATH))
+    checked = _secsipidx("-check", "-expire", "60", "-identity", _our_identity(), "-p", str(PUBLIC_KEY_PATH))
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_secsipidx_rejects_our_tampered_identity() -> None:
-    checked = _secsipidx("-check", "-identity", _tamper(_our_identity()), "-p", str(PUBLIC_KEY_PATH))
+    checked = _secsipidx("-check", "-expire", "60", "-identity", _tamper(_our_identity()), "-p", str(PUBLIC_KEY_PATH))
     assert checked.returncode != 0
 
 

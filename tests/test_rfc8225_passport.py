@@ -89,24 +89,23 @@ def test_tampered_payload_fails_signature() -> None:
         verify_es256(public_key(), decode_passport(token))
 
 
-def _claims(**changes: object) -> dict:
-    claims: dict = json.loads(RFC8588_PAYLOAD)
-    for name, value in changes.items():
-        if value is None:
-            claims.pop(name)
+def _changed(base: bytes, **changes: object) -> dict:
+    """The JSON object *base* with members replaced, or removed where the value is None."""
+    value: dict = json.loads(base)
+    for name, new in changes.items():
+        if new is None:
+            value.pop(name)
         else:
-            claims[name] = value
-    return claims
+            value[name] = new
+    return value
+
+
+def _claims(**changes: object) -> dict:
+    return _changed(RFC8588_PAYLOAD, **changes)
 
 
 def _header(**changes: object) -> dict:
-    header: dict = json.loads(RFC8588_HEADER)
-    for name, value in changes.items():
-        if value is None:
-            header.pop(name)
-        else:
-            header[name] = value
-    return header
+    return _changed(RFC8588_HEADER, **changes)
 
 
 @pytest.mark.parametrize(
