@@ -86,7 +86,7 @@ def instance(case: Case, args: argparse.Namespace, work: Path, pki, cert_server,
         defines = harness.service_defines(pki, cert_server, redis.url, dispatcher, SS_LOG_LEVEL="1",
                                           **case.extra_defines)
         kamailio = harness.Kamailio(cdir, defines=defines, cfg=case.cfg, workers=args.workers,
-                                    cpus=args.kamailio_cpus)
+                                    cpus=args.kamailio_cpus, mem_manager=args.mem_manager)
         kamailio.start()
         try:
             for name, value in (case.tune or {}).items():
@@ -149,6 +149,8 @@ def main() -> int:
     parser.add_argument("--kamailio-cpus", default="",
                         help="pin Kamailio to these CPUs (taskset -c, e.g. 0); default: not pinned, as deployed")
     parser.add_argument("--sipp-cpus", default="", help="pin the SIPp caller and vendor (e.g. 1)")
+    parser.add_argument("--mem-manager", default="", choices=["", "qm", "fm", "tlsf"],
+                        help="Kamailio memory manager (kamailio -x) for every case; default: Kamailio's (qm)")
     args = parser.parse_args()
 
     cases = [
@@ -200,7 +202,7 @@ def main() -> int:
     print(f"Kamailio CPU per call at {args.rate:g} calls/s per case ({mode}), {args.calls} calls per run, "
           f"median of {args.rounds} "
           f"rounds, {args.workers} workers, Kamailio on CPU {args.kamailio_cpus or 'any'}, "
-          f"SIPp on CPU {args.sipp_cpus or 'any'}:")
+          f"SIPp on CPU {args.sipp_cpus or 'any'}, memory manager {args.mem_manager or 'default (qm)'}:")
     print(f"{'case':<48} {'us/call':>8} {'x (a)':>7}   per-round x (a)")
     median: dict[str, float] = {}
     for case in cases:

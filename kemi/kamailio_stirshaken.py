@@ -105,8 +105,7 @@ FAILOVER_STATUS = "408|5[0-9][0-9]|6[0-9][0-9]"
 
 # transaction-persistent state of a call (AVPs survive into the failure route)
 AVP_RX_USABLE = "$avp(ss_rx_usable)"  # 1: the received Identity may be passed on
-AVP_IDENTITY = "$avp(ss_identity)"  # Identity obtained for this call
-AVP_DATE = "$avp(ss_date)"  # ... and the Date it was signed with
+AVP_IDENTITY = "$avp(ss_identity)"  # "<Date>\n<Identity>" obtained for this call (one shm value, not two)
 SHV_REDIS_DOWN = "$shv(ss_redis_down)"  # shared by all processes: outage already logged
 # the external 302 services: one request outstanding at a time per call
 AVP_EXT_PHASE = "$avp(ss_ext_phase)"  # "as" or "vs" while a 302 service is being asked
@@ -124,6 +123,10 @@ VS_UNAVAILABLE = Verdict(
 )
 
 SETTING_PVS = {name: f"$sel(cfg_get.{GROUP}.{name})" for name in BY_NAME}
+
+CORE_DEBUG_PV = "$sel(cfg_get.core.debug)"
+L_INFO = 2
+"""Kamailio's info log level: KSR.info lines are only built when the core debug level shows them."""
 
 ENTRY_ATTRS_PV = "$xavp(_dsdst_=>attrs)"
 ENTRY_URI_PV = "$xavp(_dsdst_=>uri)"
@@ -192,6 +195,9 @@ MAX_HEADER_VALUES = 10
 def _header_values(name: str) -> list[str]:
     """The values of header *name*, in order (one per header line, at most MAX_HEADER_VALUES)."""
     count = KSR.pv.get(f"$hdrc({name})") or 0
+    if count == 1:
+        value = KSR.pv.get(f"$hdr({name})")
+        return [] if value is None else [str(value)]
     values = []
     for index in range(min(int(count), MAX_HEADER_VALUES)):
         value = KSR.pv.get(f"$(hdr({name})[{index}])")
@@ -206,6 +212,11 @@ def _append_header(name: str, value: str) -> None:
 
 def _call_id() -> str:
     return _gete("$ci")
+
+
+def _keep_in_transaction(obtained: Obtained) -> None:
+    """The call's Identity and Date, for its later attempts (failure routes run in any process)."""
+    KSR.pv.sets(AVP_IDENTITY, f"{obtained.date}\n{obtained.identity}")
 
 
 _ENTRY_POLICIES: dict[object, EntryPolicy] = {}
@@ -251,6 +262,19 @@ class _HtableBreakers:
 
 
 @dataclass(frozen=True, slots=True)
+class BranchPlan:
+    """The Identity decision for the branch ``t_relay`` is about to create.
+
+    ``rx_identity`` says whether the INVITE carries Identity headers (None:
+    not known here, the branch route looks).
+    """
+
+    action: Action | ExternalRequest
+    obtained: Obtained | None
+    rx_identity: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExternalRequest:
     """How the branch to a 302 service differs from the call's INVITE."""
 
@@ -265,10 +289,12 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         self.service = Service()
         self.external = ExternalServices(_HtableBreakers())
         # the Identity decision for the branch t_relay is about to create
-        # (branch routes run synchronously inside t_relay, in this process)
-        self.plan: tuple[str, Action | ExternalRequest, Obtained | None] | None = None
+        # (branch routes run synchronously inside t_relay, in this process,
+        # and the plan is cleared when t_relay returns)
+        self.plan: BranchPlan | None = None
         self._settings = Settings(_read_setting)
         self._settings_at = -1e18
+        self.log_info = True  # Kamailio would print KSR.info lines (re-read with the settings)
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -284,6 +310,8 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         if now - self._settings_at >= SETTINGS_REFRESH:
             self._settings = Settings(_read_setting)
             self._settings_at = now
+            debug = KSR.pv.get(CORE_DEBUG_PV)
+            self.log_info = not isinstance(debug, int) or debug >= L_INFO
         return self._settings
 
     # -- equivalent of request_route{} --------------------------------------
@@ -296,7 +324,6 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             return EXIT
 
     def ksr_route_main(self) -> int:
-        self.service.flush_if_due()
         if KSR.maxfwd.process_maxfwd(10) < 0:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return EXIT
@@ -306,23 +333,25 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             return EXIT
         if KSR.siputils.has_totag() > 0:
             return self.ksr_route_withindlg()
-        if KSR.is_CANCEL():
+        method = KSR.pv.get("$rm")  # one KSR call instead of one per is_METHOD test
+        if method == "INVITE":
+            if KSR.tm.t_check_trans() == 0:
+                return EXIT  # retransmission, absorbed by tm
+            self.service.flush_if_due()
+            return self.ksr_route_invite()
+        if method == "CANCEL":
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
             return EXIT
-        if KSR.is_ACK():
+        if method == "ACK":
             # ACK for a negative reply of ours: tm absorbs it
             KSR.tm.t_check_trans()
             return EXIT
-        if KSR.is_OPTIONS() and _gete("$rU") == "":
+        if method == "OPTIONS" and _gete("$rU") == "":
             KSR.sl.sl_send_reply(200, "OK")
             return EXIT
-        if not KSR.is_INVITE():
-            KSR.sl.sl_send_reply(405, "Method Not Allowed")
-            return EXIT
-        if KSR.tm.t_check_trans() == 0:
-            return EXIT  # retransmission, absorbed by tm
-        return self.ksr_route_invite()
+        KSR.sl.sl_send_reply(405, "Method Not Allowed")
+        return EXIT
 
     # -- equivalent of route[WITHINDLG] ---------------------------------------
     def ksr_route_withindlg(self) -> int:
@@ -343,6 +372,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             return self.ksr_route_as_server(s)
         identities = _header_values("Identity")
         verdict = None
+        call_id = _call_id()
         KSR.rr.record_route()
         if s.int("vs_enabled") and identities:
             if s.str("vs_provider") == "vs302":
@@ -352,26 +382,27 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             else:
                 verdict = self.service.verify(
                     s,
-                    call_id=_call_id(),
+                    call_id=call_id,
                     identities=identities,
                     date=KSR.pv.get("$hdr(Date)"),
                     orig_uri=self._calling_uri(),
                     dest_uri=_gete("$tu"),
                 )
-        if not self._apply_verdict(s, verdict, identities):
+        rx_usable = self._apply_verdict(s, verdict, identities, call_id)
+        if rx_usable is None:
             return EXIT
-        if self.ksr_route_attempts(s, first=True):
+        if self.ksr_route_attempts(s, first=True, call_id=call_id, rx_usable=rx_usable,
+                                   rx_identity=bool(identities)):
             return 1
         self._reply(503, "No Usable Route")
         return EXIT
 
-    def _apply_verdict(self, s: Settings, verdict: Any, identities: list[str]) -> bool:
-        """verstat, Reason and what may be passed on; False when the call was rejected.
+    def _apply_verdict(self, s: Settings, verdict: Any, identities: list[str], call_id: str) -> bool | None:
+        """verstat, Reason and whether the received Identity may be passed on; None when rejected.
 
         ``verdict`` is None when nothing was verified (no Identity, or
         verification disabled). Used after local and external verification.
         """
-        call_id = _call_id()
         rx_usable = False
         verstat: str | None = None
         if s.int("vs_enabled"):
@@ -379,12 +410,13 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 verstat = verdict.verstat
                 if verdict.passed:
                     rx_usable = True
-                    KSR.info(f"stirshaken: Identity verified, attest {verdict.attest} (Call-ID {call_id})\n")
+                    if self.log_info:
+                        KSR.info(f"stirshaken: Identity verified, attest {verdict.attest} (Call-ID {call_id})\n")
                 elif verdict.sip_status == 428:
                     # only Identity headers of other PASSporT types (ppt): as if there were none
                     if s.int("vs_require_identity"):
                         self._reply(428, "Use Identity Header")
-                        return False
+                        return None
                 else:
                     status, reason = verdict.sip_status, verdict.reason
                     KSR.info(
@@ -393,22 +425,24 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                     )
                     if s.str("vs_failure_action") == "reject" and status < 500:
                         self._reply(status, reason)
-                        return False
+                        return None
                     if s.int("vs_reason_header") and verdict.reason_header:
                         _append_header("Reason", verdict.reason_header)
                     rx_usable = bool(s.int("vs_pass_failed_identity"))
             else:
                 if s.int("vs_require_identity"):
                     self._reply(428, "Use Identity Header")
-                    return False
+                    return None
                 verstat = NO_TN_VALIDATION
             placement = s.str("vs_verstat_placement")
             if verstat and placement != "none":
-                self._place_verstat(verstat, placement)
+                self._place_verstat(verstat, placement, call_id)
         else:
             rx_usable = bool(identities)  # not verified here: passed on as received
-        KSR.pv.seti(AVP_RX_USABLE, 1 if (rx_usable and identities) else 0)
-        return True
+        rx_usable = rx_usable and bool(identities)
+        if rx_usable:  # absent means 0: no shared-memory write for most calls
+            KSR.pv.seti(AVP_RX_USABLE, 1)
+        return rx_usable
 
     # -- equivalent of route[AS_SERVER]: this service as a 302 STI-AS ----------
     def ksr_route_as_server(self, s: Settings) -> int:
@@ -438,14 +472,28 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         return EXIT
 
     # -- equivalent of route[ATTEMPTS]: the per-entry policy loop -------------
-    def ksr_route_attempts(self, s: Settings, *, first: bool, resume: bool = False) -> bool:
+    def ksr_route_attempts(
+        self,
+        s: Settings,
+        *,
+        first: bool,
+        resume: bool = False,
+        call_id: str | None = None,
+        rx_usable: bool | None = None,
+        rx_identity: bool | None = None,
+    ) -> bool:
         """Relay to the first usable entry from here on; False when none is left.
 
         ``resume`` re-enters at the current entry, after an Authentication
         Service answered (its request went out in this entry's place).
+        ``rx_usable`` and ``rx_identity`` spare KSR reads when the request
+        route already knows them; None means "read them".
         """
-        call_id = _call_id()
+        if call_id is None:
+            call_id = _call_id()
         provider = s.str("provider")
+        # a transaction that just started has no Identity of ours yet
+        fresh = first and not resume and rx_usable is not None
         if resume:
             found = True
             KSR.pv.sets("$du", _gete(ENTRY_URI_PV))
@@ -454,10 +502,12 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         else:
             found = KSR.dispatcher.ds_next_dst() > 0
         can_obtain = provider == "local" or (provider == "as302" and KSR.pv.get(AVP_OBTAIN_FAILED) != 1)
+        if rx_usable is None:
+            rx_usable = KSR.pv.get(AVP_RX_USABLE) == 1
+        obtained = None if fresh else self._call_identity_obtained()
         while found:
             entry = _entry_policy(KSR.pv.get(ENTRY_ATTRS_PV))
-            obtained = self._call_identity_obtained()
-            has_identity = obtained is not None or KSR.pv.get(AVP_RX_USABLE) == 1
+            has_identity = obtained is not None or rx_usable
             action = decide(entry, has_identity=has_identity, can_obtain=can_obtain)
             if action is Action.OBTAIN:
                 if provider == "as302":
@@ -477,15 +527,15 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                         dest_uri=_gete("$tu"),
                     )
                     if obtained is not None:
-                        KSR.pv.sets(AVP_IDENTITY, obtained.identity)
-                        KSR.pv.sets(AVP_DATE, obtained.date)
+                        _keep_in_transaction(obtained)
                 action = after_obtain(entry, obtained=obtained is not None)
             if action is not Action.SKIP:
-                KSR.info(
-                    f"stirshaken: to {_gete(ENTRY_URI_PV)} ({entry.policy.value}): "
-                    f"{_describe_identity(action, obtained)} (Call-ID {call_id})\n"
-                )
-                self.plan = (call_id, action, obtained)
+                if self.log_info:
+                    KSR.info(
+                        f"stirshaken: to {_gete(ENTRY_URI_PV)} ({entry.policy.value}): "
+                        f"{_describe_identity(action, obtained)} (Call-ID {call_id})\n"
+                    )
+                self.plan = BranchPlan(action, obtained, rx_identity)
                 KSR.tm.t_on_branch(BRANCH_ROUTE)
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 KSR.tm.t_set_fr(s.int("vendor_ring_timeout_ms"), s.int("vendor_timeout_ms"))
@@ -494,7 +544,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 if relayed:
                     return True
                 KSR.warn(f"stirshaken: relay to {_gete(ENTRY_URI_PV)} failed (Call-ID {call_id})\n")
-            else:
+            elif self.log_info:
                 KSR.info(
                     f"stirshaken: skipping {_gete(ENTRY_URI_PV)} ({entry.policy.value}, "
                     f"no Identity) (Call-ID {call_id})\n"
@@ -506,11 +556,11 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
     def ksr_branch_manage(self, msg: object) -> int:
         try:
             plan = self.plan
-            if plan is None or plan[0] != _call_id():
+            if plan is None:
                 KSR.err(f"stirshaken: branch without a plan, stripping Identity (Call-ID {_call_id()})\n")
                 KSR.hdr.remove("Identity")
                 return 1
-            _, action, obtained = plan
+            action, obtained = plan.action, plan.obtained
             if isinstance(action, ExternalRequest):
                 for name in action.remove:
                     if KSR.hdr.is_present(name) > 0:
@@ -520,13 +570,13 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                 return 1
             if action is Action.SEND_WITH_IDENTITY and obtained is None:
                 return 1  # the received, verified Identity goes on as it came
-            if KSR.hdr.is_present("Identity") > 0:
+            if plan.rx_identity or (plan.rx_identity is None and KSR.hdr.is_present("Identity") > 0):
                 KSR.hdr.remove("Identity")
             if action is Action.SEND_WITH_IDENTITY and obtained is not None:
                 if KSR.hdr.is_present("Date") > 0:
                     KSR.hdr.remove("Date")
-                _append_header("Date", obtained.date)
-                _append_header("Identity", obtained.identity)
+                # one lump for both lines: every lump is a Kamailio allocation, copied per branch
+                KSR.hdr.append(f"Date: {obtained.date}\r\nIdentity: {obtained.identity}\r\n")
             return 1
         except Exception as exc:  # noqa: BLE001
             KSR.err(f"stirshaken: branch route failed (Call-ID {_call_id()}): {_describe(exc)}\n")
@@ -584,7 +634,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             KSR.pv.seti(AVP_EXT_INDEX, attempt.index)
             KSR.pv.sets(AVP_EXT_HOST, attempt.host.key)
             KSR.pv.sets("$du", attempt.host.uri)
-            self.plan = (call_id, request, None)
+            self.plan = BranchPlan(request, None)
             KSR.tm.t_on_branch(BRANCH_ROUTE)
             KSR.tm.t_on_failure(FAILURE_ROUTE)
             KSR.tm.t_set_fr(attempt.timeout_ms, attempt.timeout_ms)
@@ -662,8 +712,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         outcome = result.outcome
         if outcome is Outcome.SIGNED and orig and dest:
             identity, date = result.identity or "", result.date or ""
-            KSR.pv.sets(AVP_IDENTITY, identity)
-            KSR.pv.sets(AVP_DATE, date)
+            _keep_in_transaction(Obtained(identity, date, "as302"))
             self.service.remember_identity(
                 s, call_id=_call_id(), identity=identity, date=date, iat=result.iat or 0,
                 orig=orig, dest=dest, attest=result.attest or "",
@@ -683,9 +732,13 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         if result.outcome is Outcome.REFUSED:
             self._reply(603, verdict.reason)
             return EXIT
-        if not self._apply_verdict(s, verdict, _header_values("Identity")):
+        identities = _header_values("Identity")
+        call_id = _call_id()
+        rx_usable = self._apply_verdict(s, verdict, identities, call_id)
+        if rx_usable is None:
             return EXIT
-        if self.ksr_route_attempts(s, first=True):
+        if self.ksr_route_attempts(s, first=True, call_id=call_id, rx_usable=rx_usable,
+                                   rx_identity=bool(identities)):
             return 1
         self._reply(503, "No Usable Route")
         return EXIT
@@ -696,8 +749,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
             return None
         obtained = self.service.cached_identity(s, call_id=call_id, orig=orig, dest=dest)
         if obtained is not None:
-            KSR.pv.sets(AVP_IDENTITY, obtained.identity)
-            KSR.pv.sets(AVP_DATE, obtained.date)
+            _keep_in_transaction(obtained)
         return obtained
 
     # -- helpers ---------------------------------------------------------------
@@ -706,12 +758,13 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         return _gete("$ai") or _gete("$fu")
 
     def _call_identity_obtained(self) -> Obtained | None:
-        identity = KSR.pv.get(AVP_IDENTITY)
-        if not identity:
+        kept = KSR.pv.get(AVP_IDENTITY)
+        if not kept:
             return None
-        return Obtained(str(identity), _gete(AVP_DATE), "transaction")
+        date, _, identity = str(kept).partition("\n")
+        return Obtained(identity, date, "transaction") if identity else None
 
-    def _place_verstat(self, verstat: str, placement: str) -> None:
+    def _place_verstat(self, verstat: str, placement: str, call_id: str) -> None:
         pais = _header_values("P-Asserted-Identity")
         name, values = ("P-Asserted-Identity", pais) if pais else ("From", _header_values("From"))
         if not values or len(values) >= MAX_HEADER_VALUES:
@@ -719,13 +772,12 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         try:
             new_values = [with_verstat(v, verstat, placement) for v in values]
         except ValueError as exc:
-            KSR.info(f"stirshaken: cannot place verstat on {name} (Call-ID {_call_id()}): {exc}\n")
+            KSR.info(f"stirshaken: cannot place verstat on {name} (Call-ID {call_id}): {exc}\n")
             return
         if new_values == values:
             return
         KSR.hdr.remove(name)
-        for value in new_values:
-            _append_header(name, value)
+        KSR.hdr.append("".join(f"{name}: {value}\r\n" for value in new_values))
 
     def _reply(self, code: int, reason: str) -> None:
         try:

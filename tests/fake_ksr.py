@@ -95,6 +95,7 @@ class FakeKSR:
         self.handler: Any = None
         self.settings: dict[str, object] = {}
         self.shv: dict[str, object] = {}
+        self.core_debug = 2  # Kamailio's debug level: 2 (info) shows KSR.info lines
         self.logs: list[tuple[str, str]] = []
         self.reset(Message())
         self.htables: dict[str, dict[str, str]] = {"ss_breaker": {}}
@@ -191,6 +192,10 @@ class FakeKSR:
     def _pv_get(self, name: str) -> object:
         if name == "$ci":
             return self.msg.call_id
+        if name == "$rm":
+            return self.msg.method
+        if name == "$sel(cfg_get.core.debug)":
+            return self.core_debug
         if name == "$si":
             return self.msg.source_ip
         if name == "$rU":
@@ -288,12 +293,14 @@ class FakeKSR:
 
     # -- headers ------------------------------------------------------------------
     def _hdr_append(self, text: str) -> int:
-        if not text.endswith("\r\n") or text.count("\r\n") != 1:
-            raise UnexpectedCall(f"header must be one line ending in CRLF: {text!r}")
-        name, sep, value = text[:-2].partition(":")
-        if not sep or not name.strip():
-            raise UnexpectedCall(f"not a header line: {text!r}")
-        self._level.appended.append((name.strip(), value.strip()))
+        """Header lines, each ending in CRLF (Kamailio inserts the text as it is)."""
+        if not text.endswith("\r\n"):
+            raise UnexpectedCall(f"header lines must end in CRLF: {text!r}")
+        for line in text[:-2].split("\r\n"):
+            name, sep, value = line.partition(":")
+            if not sep or not name.strip() or "\n" in line or "\r" in line:
+                raise UnexpectedCall(f"not a header line: {line!r} in {text!r}")
+            self._level.appended.append((name.strip(), value.strip()))
         return 1
 
     def _hdr_remove(self, name: str) -> int:

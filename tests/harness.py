@@ -292,6 +292,7 @@ class Kamailio:
     shm_mb: int = 256  # a call's transactions stay ~5 s after it ends: bursts need room
     env: dict[str, str] = field(default_factory=dict)
     cpus: str = ""  # e.g. "0": run pinned with taskset (benchmarks)
+    mem_manager: str = ""  # kamailio -x (qm, fm, tlsf); empty: Kamailio's default (qm)
     proc: Process | None = None
 
     def __post_init__(self) -> None:
@@ -320,7 +321,8 @@ class Kamailio:
         env.update(self.env)
         self.proc = Process(
             "kamailio",
-            pinned(self.argv("-DD", "-E", "-w", str(REPO), "-m", str(self.shm_mb), "-M", "16"), self.cpus),
+            pinned(self.argv("-DD", "-E", "-w", str(REPO), "-m", str(self.shm_mb), "-M", "16",
+                             *(("-x", self.mem_manager) if self.mem_manager else ())), self.cpus),
             self.workdir / f"kamailio-{self.port}.log",
             cwd=REPO,
             env=env,

@@ -79,10 +79,19 @@ def test_strictness(fake: FakeKSR) -> None:
     with pytest.raises(UnexpectedCall):
         fake.sl.sl_send_reply("200", "OK")  # codes are ints
     with pytest.raises(UnexpectedCall):
-        fake.hdr.append("A: 1\r\nB: 2\r\n")
+        fake.hdr.append("A: 1\r\nB: 2")  # every line ends in CRLF
+    with pytest.raises(UnexpectedCall):
+        fake.hdr.append("A: 1\r\nnot a header\r\n")
     with pytest.raises(UnexpectedCall):
         fake.tm.t_check_status("503")  # only in a failure route
     with pytest.raises(UnexpectedCall):
         fake.pv.seti("$var(x)", 1)
     with pytest.raises(AttributeError):
         fake.__wrapped__  # noqa: B018
+
+
+def test_one_append_may_carry_several_header_lines(fake: FakeKSR) -> None:
+    fake.hdr.append("Date: d\r\nX-Second: i\r\n")
+    fake.pv.sets("$du", "sip:127.0.0.1:1")
+    fake.tm.t_relay()
+    assert fake.branches[-1].values("Date") == ["d"] and fake.branches[-1].values("X-Second") == ["i"]

@@ -442,3 +442,28 @@ def test_several_pai_lines_all_marked_in_order(ksr: FakeKSR, handler: Any) -> No
         "<sip:+12155550121;verstat=No-TN-Validation@127.0.0.1>",
         "<tel:+12155550121;verstat=No-TN-Validation>",
     ]
+
+
+def test_info_lines_are_built_only_when_kamailio_prints_them(ksr: FakeKSR, kemi: ModuleType) -> None:
+    """Below Kamailio's info level the per-call lines cost nothing (no KSR reads, no formatting)."""
+    h = kemi.mod_init()
+    h.service = StubService()
+    ksr.handler = h
+    ksr.settings = {s.name: s.default for s in SETTINGS}
+    ksr.core_debug = 1  # notice: KSR.info lines would be dropped by Kamailio
+    route(ksr, h, invite(), [SUPPORTED])
+    assert ksr.branches and "stirshaken: to" not in ksr.log_text()
+    ksr.core_debug = 2
+    h._settings_at = -1e18  # the next message re-reads settings and the debug level
+    route(ksr, h, invite(), [SUPPORTED])
+    assert "stirshaken: to sip:127.0.0.1:5090" in ksr.log_text()
+
+
+def test_identity_and_date_are_kept_in_one_transaction_value(ksr: FakeKSR, handler: Any) -> None:
+    """Failover reads the Date and Identity back from the single AVP written when signing."""
+    route(ksr, handler, invite(), [REQUIRED, REQUIRED])
+    assert ksr.avps["ss_identity"] == f"{OUR_DATE}\n{OUR_IDENTITY}"
+    ksr.fail(503)
+    assert len(handler.service.obtain_calls) == 1
+    assert [b.values("Identity") for b in ksr.branches] == [[OUR_IDENTITY], [OUR_IDENTITY]]
+    assert [b.values("Date") for b in ksr.branches] == [[OUR_DATE], [OUR_DATE]]
