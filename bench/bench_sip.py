@@ -149,8 +149,8 @@ def main() -> int:
     parser.add_argument("--kamailio-cpus", default="",
                         help="pin Kamailio to these CPUs (taskset -c, e.g. 0); default: not pinned, as deployed")
     parser.add_argument("--sipp-cpus", default="", help="pin the SIPp caller and vendor (e.g. 1)")
-    parser.add_argument("--mem-manager", default="", choices=["", "qm", "fm", "tlsf"],
-                        help="Kamailio memory manager (kamailio -x) for every case; default: Kamailio's (qm)")
+    parser.add_argument("--mem-manager", default="tlsf", choices=["qm", "fm", "tlsf"],
+                        help="Kamailio memory manager (kamailio -x) for every case; default tlsf, as `make run`")
     args = parser.parse_args()
 
     cases = [
@@ -168,7 +168,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-sip-") as tmp:
         work = Path(tmp)
         pki = ensure_test_pki(work / "pki")
-        redis = harness.RedisServer(work / "redis").start()
+        # Redis shares the SIPp CPU when pinned, as a cluster's Redis lives off the
+        # Kamailio cores: on Kamailio's own core every lookup preempts the worker
+        # and evicts its caches, which costs the worker 50-100 us more per call here.
+        redis = harness.RedisServer(work / "redis", cpus=args.sipp_cpus).start()
         cert_server = harness.CertServer(pki.out_dir, work / "certserver").start()
         runs: dict[str, list[Measure]] = {case.key: [] for case in cases}
         ratios: dict[str, list[float]] = {case.key: [] for case in cases}
@@ -202,7 +205,7 @@ def main() -> int:
     print(f"Kamailio CPU per call at {args.rate:g} calls/s per case ({mode}), {args.calls} calls per run, "
           f"median of {args.rounds} "
           f"rounds, {args.workers} workers, Kamailio on CPU {args.kamailio_cpus or 'any'}, "
-          f"SIPp on CPU {args.sipp_cpus or 'any'}, memory manager {args.mem_manager or 'default (qm)'}:")
+          f"SIPp and Redis on CPU {args.sipp_cpus or 'any'}, memory manager {args.mem_manager}:")
     print(f"{'case':<48} {'us/call':>8} {'x (a)':>7}   per-round x (a)")
     median: dict[str, float] = {}
     for case in cases:

@@ -214,6 +214,18 @@ def _call_id() -> str:
     return _gete("$ci")
 
 
+def _branch_unchanged(action: Action, obtained: Obtained | None, rx_identity: bool | None) -> bool:
+    """True when the branch goes out as the INVITE came: no branch route (a Python call) is needed.
+
+    That is a received Identity passed on as it came, or no Identity to send
+    and none received.  The plan is set all the same: should tm still have
+    the branch route armed from an earlier branch, it finds a plan.
+    """
+    if obtained is not None:
+        return False
+    return action is Action.SEND_WITH_IDENTITY or (action is Action.SEND_WITHOUT_IDENTITY and rx_identity is False)
+
+
 def _keep_in_transaction(obtained: Obtained) -> None:
     """The call's Identity and Date, for its later attempts (failure routes run in any process)."""
     KSR.pv.sets(AVP_IDENTITY, f"{obtained.date}\n{obtained.identity}")
@@ -536,7 +548,8 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                         f"{_describe_identity(action, obtained)} (Call-ID {call_id})\n"
                     )
                 self.plan = BranchPlan(action, obtained, rx_identity)
-                KSR.tm.t_on_branch(BRANCH_ROUTE)
+                if not _branch_unchanged(action, obtained, rx_identity):
+                    KSR.tm.t_on_branch(BRANCH_ROUTE)
                 KSR.tm.t_on_failure(FAILURE_ROUTE)
                 KSR.tm.t_set_fr(s.int("vendor_ring_timeout_ms"), s.int("vendor_timeout_ms"))
                 relayed = KSR.tm.t_relay() > 0

@@ -124,9 +124,10 @@ def redis_ping(port: int) -> bool:
 
 
 class RedisServer:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, cpus: str = "") -> None:
         self.workdir = workdir
         self.port = port or free_port(socket.SOCK_STREAM)
+        self.cpus = cpus  # e.g. "1": pinned with taskset (benchmarks: off the Kamailio CPU)
         self.proc: Process | None = None
 
     @property
@@ -137,8 +138,8 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = Process(
             "redis",
-            [REDIS_SERVER, "--bind", LOOPBACK, "--port", str(self.port), "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir), "--protected-mode", "yes"],
+            pinned([REDIS_SERVER, "--bind", LOOPBACK, "--port", str(self.port), "--save", "", "--appendonly", "no",
+                    "--dir", str(self.workdir), "--protected-mode", "yes"], self.cpus),
             self.workdir / f"redis-{self.port}.log",
         )
         wait_until(lambda: redis_ping(self.port), 10, "redis", self.proc)
@@ -292,7 +293,7 @@ class Kamailio:
     shm_mb: int = 256  # a call's transactions stay ~5 s after it ends: bursts need room
     env: dict[str, str] = field(default_factory=dict)
     cpus: str = ""  # e.g. "0": run pinned with taskset (benchmarks)
-    mem_manager: str = ""  # kamailio -x (qm, fm, tlsf); empty: Kamailio's default (qm)
+    mem_manager: str = "tlsf"  # kamailio -x, as `make run` (Makefile MEM_MANAGER); "": Kamailio's default, qm
     proc: Process | None = None
 
     def __post_init__(self) -> None:

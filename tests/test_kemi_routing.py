@@ -467,3 +467,15 @@ def test_identity_and_date_are_kept_in_one_transaction_value(ksr: FakeKSR, handl
     assert len(handler.service.obtain_calls) == 1
     assert [b.values("Identity") for b in ksr.branches] == [[OUR_IDENTITY], [OUR_IDENTITY]]
     assert [b.values("Date") for b in ksr.branches] == [[OUR_DATE], [OUR_DATE]]
+
+
+def test_branch_route_armed_only_when_the_branch_differs(ksr: FakeKSR, handler: Any) -> None:
+    """A branch that goes out as the INVITE came costs no Python call in tm's branch route."""
+    route(ksr, handler, invite(), [SUPPORTED])  # nothing received, nothing to add
+    assert ksr.on_branch is None and ksr.branches[0].values("Identity") == []
+    route(ksr, handler, with_identity(), [SUPPORTED])  # the verified Identity goes on as it came
+    assert ksr.on_branch is None and ksr.branches[0].values("Identity") == [RX_IDENTITY]
+    route(ksr, handler, with_identity(), [DISABLED])  # stripped: needs the branch route
+    assert ksr.on_branch is not None and ksr.branches[0].values("Identity") == []
+    route(ksr, handler, invite(), [REQUIRED])  # ours is added
+    assert ksr.on_branch is not None and ksr.branches[0].values("Identity") == [OUR_IDENTITY]
