@@ -21,6 +21,13 @@ median over rounds is reported.  Nothing is pinned by default (as deployed);
 libsecsipid is Go, and on one CPU the Go runtime (GOMAXPROCS=1) probably
 stops spinning idle threads.
 
+Every case runs Kamailio with the same memory manager, tlsf by default as
+``make run`` (``--mem-manager qm`` for Debian's default).  qm walks its
+free-list table on every allocation when the heap is barely fragmented, as
+a plain relay's is: that more than doubles (a) (about 420 against 190
+us/call here) and so flatters every ratio; the ratios of this bench are
+meant against a relay that is not wasting its CPU.
+
 On a small VM, ECDSA signing and verifying cost 3-5 times more inside
 Kamailio than in a tight loop (OpenSSL's P-256 tables are evicted from the
 cache between calls), so (c) and (d) are dominated by the library's
