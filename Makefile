@@ -95,12 +95,14 @@ run: deps venv pki
 	cleanup() { for pid in "$${pids[@]}"; do kill -TERM -- "-$$pid" 2>/dev/null || true; done; wait 2>/dev/null; echo "run: stopped"; }; \
 	trap cleanup EXIT; trap 'exit 130' INT TERM; \
 	if redis-cli -h 127.0.0.1 -p $(REDIS_PORT) ping 2>/dev/null | grep -q PONG; then \
+	  redis_url="redis://127.0.0.1:$(REDIS_PORT)/0"; \
 	  echo "run: using the Redis already on 127.0.0.1:$(REDIS_PORT)"; \
 	else \
 	  setsid redis-server --bind 127.0.0.1 --port $(REDIS_PORT) --save '' --appendonly no --dir $(RUN_DIR) \
-	    >$(RUN_DIR)/redis.log 2>&1 & pids+=($$!); \
+	    --unixsocket $(RUN_DIR)/redis.sock --unixsocketperm 700 >$(RUN_DIR)/redis.log 2>&1 & pids+=($$!); \
 	  for i in $$(seq 50); do redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.1; done; \
-	  echo "run: Redis on 127.0.0.1:$(REDIS_PORT)"; \
+	  redis_url="unix://$(RUN_DIR)/redis.sock?db=0"; \
+	  echo "run: Redis on 127.0.0.1:$(REDIS_PORT) and $(RUN_DIR)/redis.sock (Kamailio uses the socket)"; \
 	fi; \
 	setsid $(VENV)/bin/stirshaken serve-certs --dir $(PKI_DIR)/www --host 127.0.0.1 --port $(CERT_PORT) \
 	  --cert $(PKI_DIR)/tls-cert.pem --key $(PKI_DIR)/tls-key.pem >$(RUN_DIR)/certserver.log 2>&1 & pids+=($$!); \
@@ -109,7 +111,7 @@ run: deps venv pki
 	kamailio -DD -E -f kamailio.cfg -w $(REPO) -m $(SHM_MB) -M 16 -x $(MEM_MANAGER) \
 	  -A SS_LISTEN=udp:127.0.0.1:$(SIP_PORT) \
 	  -A 'SS_RUNDIR="$(RUN_DIR)"' -A 'SS_CTL_SOCKET="unix:$(RUN_DIR)/kamailio_ctl"' \
-	  -A 'SS_REDIS_URL="redis://127.0.0.1:$(REDIS_PORT)/0"' \
+	  -A "SS_REDIS_URL=\"$$redis_url\"" \
 	  -A 'SS_AS_X5U="https://127.0.0.1:$(CERT_PORT)/sp.pem"'
 
 # Two SIPp vendors on the default routing group's ports (answer 200), so a

@@ -35,7 +35,8 @@ cryptography; the figures of this bench are what a call really costs.
 
 Goals (issue 3): (c) <= 1.25 x (a) and (c) < (b); (d) <= 1.4 x (a).
 (c') is (c) with identity_cache_lookup=0 (no Redis read before signing; the
-write stays), to show what the cross-node reuse costs; (r) is this service
+write stays), to show what the cross-node reuse costs; (c") is (c) with Redis
+over loopback TCP rather than the Unix socket ``make run`` uses; (r) is this service
 with verification off and a "supported" entry (no signing): the price of the
 Python KEMI routing alone.
 
@@ -74,6 +75,7 @@ class Case:
     attrs: str
     signed_invites: bool
     tune: dict[str, int] | None = None
+    redis_tcp: bool = False  # Redis over loopback TCP instead of its Unix socket
 
 
 @dataclass
@@ -86,11 +88,12 @@ class Measure:
 @contextlib.contextmanager
 def instance(case: Case, args: argparse.Namespace, work: Path, pki, cert_server, redis) -> Iterator[Prepared]:  # type: ignore[no-untyped-def]
     """A Kamailio for *case* with its SIPp vendor, warmed up (certificate cache, signer, connections)."""
-    cdir = work / f"{case.key.replace(chr(39), 'p')}-{time.monotonic_ns()}"
+    cdir = work / f"{case.key.replace(chr(39), 'p').replace(chr(34), 'pp')}-{time.monotonic_ns()}"
     cdir.mkdir()
     with harness.uas("vendor/uas.xml", cdir, cpus=args.sipp_cpus) as vendor:
         dispatcher = harness.write_dispatcher_list(cdir / "dispatcher.list", [harness.Vendor(vendor.port, case.attrs)])
-        defines = harness.service_defines(pki, cert_server, redis.url, dispatcher, SS_LOG_LEVEL="1",
+        redis_url = redis.url if case.redis_tcp else redis.unix_url  # the socket, as `make run`
+        defines = harness.service_defines(pki, cert_server, redis_url, dispatcher, SS_LOG_LEVEL="1",
                                           **case.extra_defines)
         kamailio = harness.Kamailio(cdir, defines=defines, cfg=case.cfg, workers=args.workers,
                                     cpus=args.kamailio_cpus, mem_manager=args.mem_manager)
@@ -169,6 +172,8 @@ def main() -> int:
              "ss_enabled=1;ss_policy=supported", True),
         Case("c'", "(c) without the cross-node cache lookup", REPO / "kamailio.cfg", {},
              "ss_enabled=1;ss_policy=required", False, {"identity_cache_lookup": 0}),
+        Case("c\"", "(c) with Redis over loopback TCP", REPO / "kamailio.cfg", {},
+             "ss_enabled=1;ss_policy=required", False, redis_tcp=True),
         Case("r", "this service with STIR off (KEMI relay)", REPO / "kamailio.cfg", {},
              "ss_enabled=1;ss_policy=supported", False, {"vs_enabled": 0}),
     ]

@@ -134,12 +134,22 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{LOOPBACK}:{self.port}/0"
 
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / f"redis-{self.port}.sock"
+
+    @property
+    def unix_url(self) -> str:
+        """The same server through its Unix socket (as `make run` configures it)."""
+        return f"unix://{self.socket_path}?db=0"
+
     def start(self) -> RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = Process(
             "redis",
             pinned([REDIS_SERVER, "--bind", LOOPBACK, "--port", str(self.port), "--save", "", "--appendonly", "no",
-                    "--dir", str(self.workdir), "--protected-mode", "yes"], self.cpus),
+                    "--dir", str(self.workdir), "--protected-mode", "yes",
+                    "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"], self.cpus),
             self.workdir / f"redis-{self.port}.log",
         )
         wait_until(lambda: redis_ping(self.port), 10, "redis", self.proc)

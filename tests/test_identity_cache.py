@@ -114,11 +114,31 @@ def test_server_that_never_answers_costs_one_timeout() -> None:
     server.close()
 
 
-def test_bad_url() -> None:
+def test_unix_socket_url(redis_server: harness.RedisServer) -> None:
+    """A Redis on this host through its Unix socket; db and password as redis-py writes them."""
+    client = RespClient(redis_server.unix_url, timeout=0.2)
+    client.set_nowait("unix-k", b"v", 10)
+    assert client.get("unix-k") == b"v"
+    assert RespClient(redis_server.url).get("unix-k") == b"v"  # the same server and db over TCP
+    other_db = RespClient(f"unix://{redis_server.socket_path}?db=2", timeout=0.2)
+    assert other_db.get("unix-k") is None
+    other_db.set_nowait("unix-k", b"db2", 10)
+    assert other_db.get("unix-k") == b"db2" and client.get("unix-k") == b"v"
+
+
+def test_unix_socket_missing_is_a_redis_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    client = RespClient(f"unix://{tmp_path}/no-such.sock", timeout=0.1)
+    with pytest.raises(RedisError, match="no-such.sock"):
+        client.get("x")
+
+
+@pytest.mark.parametrize("url", ["unix://", "http://127.0.0.1:6379/0", "redis://127.0.0.1:6379/zero",
+                                 "unix:///tmp/redis.sock?db=x"])
+def test_bad_url(url: str) -> None:
     from stirshaken.errors import ConfigurationError
 
     with pytest.raises(ConfigurationError):
-        RespClient("unix:///tmp/redis.sock")
+        RespClient(url)
 
 
 def test_cached_identity_roundtrip() -> None:

@@ -123,6 +123,32 @@ def test_same_call_on_another_node_reuses_the_identity(kamailio, routing, sip_di
     assert header_values(one, "Date") == header_values(two, "Date")
 
 
+def test_redis_through_its_unix_socket(kamailio, routing, sip_dir: Path, redis_server, pki, cert_server) -> None:
+    """A node given Redis as unix:///...sock (as `make run` does) shares the caches with a TCP node."""
+    call_id = f"unix-{uuid.uuid4().hex}@127.0.0.1"
+    with uas("vendor/uas.xml", sip_dir) as first, uas("vendor/uas.xml", sip_dir) as second:
+        routing([Vendor(first.port, REQUIRED)])
+        assert run_uac(kamailio.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
+        node2_dir = sip_dir / "unix-node"
+        node2_dir.mkdir()
+        node2_list = harness.write_dispatcher_list(node2_dir / "dispatcher.list", [Vendor(second.port, REQUIRED)])
+        defines = dict(kamailio.defines, SS_DISPATCHER_LIST=harness.cfg_string(str(node2_list)),
+                       SS_REDIS_URL=harness.cfg_string(redis_server.unix_url))
+        node2 = harness.Kamailio(node2_dir, defines=defines, workers=2).start()
+        try:
+            assert run_uac(node2.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
+            signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
+            assert run_uac(node2.port, sip_dir, headers=[PAI, *identity_headers(signed)]).final == "200"
+            assert "unavailable" not in node2.log_text()
+        finally:
+            node2.stop()
+        one, (two, verified) = only_invite(first), second.invites()
+    assert header_values(one, "Identity") == header_values(two, "Identity")
+    assert header_values(verified, "P-Asserted-Identity") == [f"<sip:{CALLER};verstat=TN-Validation-Passed@127.0.0.1>"]
+    assert any(key.startswith(b"ss:cert:") for key in redis_server.command("KEYS", "*").split()), \
+        "the certificate cache wrote through the socket"
+
+
 def test_disabled_entry_strips_the_identity(kamailio, routing, sip_dir: Path, pki, cert_server) -> None:
     signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
     with uas("vendor/uas.xml", sip_dir) as vendor:

@@ -93,3 +93,17 @@ def test_refuses_to_sign_outside_certificate_validity() -> None:
         expired.sign(orig=ORIG, dest=[DEST], attest="A")
     valid = Signer(private_key(), x5u=X5U, certificate=_self_signed(NOW - 1000, NOW + 1000), clock=Clock())
     valid.sign(orig=ORIG, dest=[DEST], attest="A")
+
+
+def test_new_origid_is_a_version_4_uuid() -> None:
+    import uuid
+
+    from stirshaken.signer import new_origid
+
+    seen = set()
+    for _ in range(200):
+        text = new_origid()
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+        seen.add(text)
+    assert len(seen) == 200
