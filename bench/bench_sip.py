@@ -28,10 +28,11 @@ a plain relay's is: that more than doubles (a) (about 420 against 190
 us/call here) and so flatters every ratio; the ratios of this bench are
 meant against a relay that is not wasting its CPU.
 
-On a small VM, ECDSA signing and verifying cost 3-5 times more inside
-Kamailio than in a tight loop (OpenSSL's P-256 tables are evicted from the
-cache between calls), so (c) and (d) are dominated by the library's
-cryptography; the figures of this bench are what a call really costs.
+On a small VM, ECDSA signing and verifying cost 2-3 times more inside
+Kamailio than in a tight loop (between two INVITEs the worker's other work
+evicts OpenSSL's code and tables from the cache; one worker instead of four
+changes nothing), so they are a large part of (c) and (d); the figures of
+this bench are what a call really costs.
 
 Goals (issue 3): (c) <= 1.25 x (a) and (c) < (b); (d) <= 1.4 x (a).
 (c') is (c) with identity_cache_lookup=0 (no Redis read before signing; the

@@ -19,6 +19,7 @@ the answer.  Flow of an initial INVITE::
                         ├ SKIP ───── ds_next_dst
                         └ SEND ───── plan for the branch, t_relay
     ksr_branch_manage               strip / add Identity+Date on this branch only
+                                    (armed only when the branch differs from the INVITE)
     ksr_failure_manage              408/5xx/6xx/timeout: route_attempts(next)
 
 The call's Identity lives in the transaction (AVPs), so a failover in any

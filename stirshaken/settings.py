@@ -127,7 +127,7 @@ SETTINGS: tuple[Setting, ...] = (
     _s("vs_negative_ttl", 30, "seconds a failed x5u fetch is remembered (one fetch per period, not per call)"),
     _s("vs_cert_cache_prefix", "ss:cert:", "Redis key prefix of the certificate cache"),
     # -- plumbing ----------------------------------------------------------
-    _s("redis_url", "redis://127.0.0.1:6379/0", "Redis URL for the identity and certificate caches (empty: no Redis)"),
+    _s("redis_url", "redis://127.0.0.1:6379/0", "Redis URL for the identity and certificate caches: redis://host:port/db or unix:///path.sock?db=N (empty: no Redis)"),
     _s("redis_timeout_ms", 100, "Redis connect/read timeout (ms); an outage costs at most this per retry period"),
 )
 
