@@ -12,9 +12,9 @@ Theory of operation:
    time the socket is used.  Signing never waits on Redis.  A worker batches
    its writes for up to ``flush_interval`` (every send to Redis wakes it up,
    which costs as much CPU as signing on a small VM); the KEMI script calls
-   :meth:`IdentityCache.flush_if_due` on every request, so a queued write
-   waits at most until that worker's next message after the interval.  At
-   low traffic every write goes out at once.
+   :meth:`IdentityCache.flush_if_due` on every new INVITE, so a queued
+   write waits at most until that worker's next INVITE after the interval
+   (only under load: at low traffic every write goes out at once).
 2. **Read only when it can matter**: before signing a call we have not
    signed in this transaction (another node or an earlier transaction may
    have); failover inside one transaction carries the Identity in the

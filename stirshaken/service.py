@@ -210,7 +210,7 @@ class Service:
         return self._verifier.get(key, build, f"verifier (trust dir {key[0]})", s)
 
     def flush_if_due(self) -> None:
-        """Send batched identity-cache writes that are due; call on every request. Never raises."""
+        """Send batched identity-cache writes that are due; call on every new INVITE. Never raises."""
         cache = self._identity_cache.value
         if cache is not None:
             try:
