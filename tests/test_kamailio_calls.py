@@ -7,10 +7,12 @@ checks what the caller got and what each vendor received.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,21 +105,28 @@ def test_same_call_again_reuses_the_cached_identity(kamailio, routing, sip_dir: 
     assert header_values(one, "Identity") == header_values(two, "Identity")
 
 
+@contextlib.contextmanager
+def second_node(kamailio, sip_dir: Path, name: str, vendor_port: int, **defines: str) -> Iterator[harness.Kamailio]:  # type: ignore[no-untyped-def]
+    """Another Kamailio of the cluster (same Redis, same PKI) routing to *vendor_port*."""
+    node_dir = sip_dir / name
+    node_dir.mkdir()
+    node_list = harness.write_dispatcher_list(node_dir / "dispatcher.list", [Vendor(vendor_port, REQUIRED)])
+    node = harness.Kamailio(node_dir, defines=dict(kamailio.defines, SS_DISPATCHER_LIST=harness.cfg_string(str(node_list)),
+                                                   **defines), workers=2).start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
 def test_same_call_on_another_node_reuses_the_identity(kamailio, routing, sip_dir: Path, workdir: Path) -> None:
     """Two Kamailio nodes sharing Redis: the call retried on node 2 carries node 1's Identity."""
     call_id = f"node-{uuid.uuid4().hex}@127.0.0.1"
     with uas("vendor/uas.xml", sip_dir) as first, uas("vendor/uas.xml", sip_dir) as second:
         routing([Vendor(first.port, REQUIRED)])
         assert run_uac(kamailio.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
-        node2_dir = sip_dir / "node2"
-        node2_dir.mkdir()
-        node2_list = harness.write_dispatcher_list(node2_dir / "dispatcher.list", [Vendor(second.port, REQUIRED)])
-        defines = dict(kamailio.defines, SS_DISPATCHER_LIST=harness.cfg_string(str(node2_list)))
-        node2 = harness.Kamailio(node2_dir, defines=defines, workers=2).start()
-        try:
+        with second_node(kamailio, sip_dir, "node2", second.port) as node2:
             assert run_uac(node2.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
-        finally:
-            node2.stop()
         one, two = only_invite(first), only_invite(second)
     assert header_values(one, "Identity") == header_values(two, "Identity")
     assert header_values(one, "Date") == header_values(two, "Date")
@@ -129,19 +138,12 @@ def test_redis_through_its_unix_socket(kamailio, routing, sip_dir: Path, redis_s
     with uas("vendor/uas.xml", sip_dir) as first, uas("vendor/uas.xml", sip_dir) as second:
         routing([Vendor(first.port, REQUIRED)])
         assert run_uac(kamailio.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
-        node2_dir = sip_dir / "unix-node"
-        node2_dir.mkdir()
-        node2_list = harness.write_dispatcher_list(node2_dir / "dispatcher.list", [Vendor(second.port, REQUIRED)])
-        defines = dict(kamailio.defines, SS_DISPATCHER_LIST=harness.cfg_string(str(node2_list)),
-                       SS_REDIS_URL=harness.cfg_string(redis_server.unix_url))
-        node2 = harness.Kamailio(node2_dir, defines=defines, workers=2).start()
-        try:
+        with second_node(kamailio, sip_dir, "unix-node", second.port,
+                         SS_REDIS_URL=harness.cfg_string(redis_server.unix_url)) as node2:
             assert run_uac(node2.port, sip_dir, extra=["-cid_str", call_id]).final == "200"
             signed = signer_for(pki, cert_server).sign(orig=ORIG, dest=[DEST], attest="A")
             assert run_uac(node2.port, sip_dir, headers=[PAI, *identity_headers(signed)]).final == "200"
             assert "unavailable" not in node2.log_text()
-        finally:
-            node2.stop()
         one, (two, verified) = only_invite(first), second.invites()
     assert header_values(one, "Identity") == header_values(two, "Identity")
     assert header_values(verified, "P-Asserted-Identity") == [f"<sip:{CALLER};verstat=TN-Validation-Passed@127.0.0.1>"]
