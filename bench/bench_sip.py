@@ -39,7 +39,8 @@ Goals (issue 3): (c) <= 1.25 x (a) and (c) < (b); (d) <= 1.4 x (a).
 write stays), to show what the cross-node reuse costs; (c") is (c) with Redis
 over loopback TCP rather than the Unix socket ``make run`` uses; (r) is this service
 with verification off and a "supported" entry (no signing): the price of the
-Python KEMI routing alone.
+Python KEMI routing alone; (k) is (a)'s own logic in Python KEMI
+(bench/minimal_kemi.py): the floor of any KEMI routing.
 
 Usage: .venv/bin/python bench/bench_sip.py [--rate 100] [--calls 2000] [--rounds 3] [--sequential]
 """
@@ -65,6 +66,7 @@ from stirshaken.signer import Signer  # noqa: E402
 from tests import harness  # noqa: E402
 
 BASELINE_CFG = REPO / "bench" / "kamailio-baseline.cfg"
+MINIMAL_KEMI = REPO / "bench" / "minimal_kemi.py"
 
 
 @dataclass
@@ -177,6 +179,8 @@ def main() -> int:
              "ss_enabled=1;ss_policy=required", False, redis_tcp=True),
         Case("r", "this service with STIR off (KEMI relay)", REPO / "kamailio.cfg", {},
              "ss_enabled=1;ss_policy=supported", False, {"vs_enabled": 0}),
+        Case("k", "(a) in Python KEMI (bench/minimal_kemi.py)", REPO / "kamailio.cfg",
+             {"SS_KEMI_SCRIPT": harness.cfg_string(str(MINIMAL_KEMI))}, "", False),
     ]
     with tempfile.TemporaryDirectory(prefix="bench-sip-") as tmp:
         work = Path(tmp)
