@@ -36,8 +36,9 @@ VENDOR_PORTS ?= 5090 5092
 SHM_MB ?= 256
 # Kamailio's memory manager (kamailio -x, shared and private memory). Debian's
 # default, qm, is the debugging allocator: on a lightly fragmented heap every
-# allocation walks its free-list table, which more than doubled the CPU of a
-# plain relay here (make bench: 420 us/call with qm, 185 with tlsf).
+# allocation walks its free-list table, which about doubled the CPU of a plain
+# relay here (bench/bench_sip.py --sequential --mem-manager qm|tlsf: about 400
+# against 200 us/call).
 MEM_MANAGER ?= tlsf
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

@@ -401,6 +401,10 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
                     orig_uri=self._calling_uri(),
                     dest_uri=_gete("$tu"),
                 )
+        return self._route_after_verdict(s, verdict, identities, call_id)
+
+    def _route_after_verdict(self, s: Settings, verdict: Any, identities: list[str], call_id: str) -> int:
+        """Apply the verdict, then the first attempt; a defined reply when the call goes nowhere."""
         rx_usable = self._apply_verdict(s, verdict, identities, call_id)
         if rx_usable is None:
             return EXIT
@@ -746,16 +750,7 @@ class kamailio:  # noqa: N801 - the name app_python3's examples use
         if result.outcome is Outcome.REFUSED:
             self._reply(603, verdict.reason)
             return EXIT
-        identities = _header_values("Identity")
-        call_id = _call_id()
-        rx_usable = self._apply_verdict(s, verdict, identities, call_id)
-        if rx_usable is None:
-            return EXIT
-        if self.ksr_route_attempts(s, first=True, call_id=call_id, rx_usable=rx_usable,
-                                   rx_identity=bool(identities)):
-            return 1
-        self._reply(503, "No Usable Route")
-        return EXIT
+        return self._route_after_verdict(s, verdict, _header_values("Identity"), _call_id())
 
     def _cached_identity(self, s: Settings, call_id: str) -> Obtained | None:
         orig, dest = self.service.parties(s, orig_uri=self._calling_uri(), dest_uri=_gete("$tu"))
